@@ -32,10 +32,7 @@ def make_prompts(seed: int, n: int, vocab: int) -> list[list[int]]:
 
 def inspect_model(model, checkpoint_dir: str) -> list[dict]:
     """Structure of each MoE layer; runs inside the engine (apply_model)."""
-    import torch
     from safetensors.torch import load_file
-
-    from vllm import _custom_ops as ops
 
     ckpt = load_file(os.path.join(checkpoint_dir, "model.safetensors"))
     layers = []
@@ -60,31 +57,52 @@ def inspect_model(model, checkpoint_dir: str) -> list[dict]:
             },
         }
         if fusion is not None:
-            # The checkpoint's shared expert, split per slot and laid out as
-            # the CPU kernel stores experts (gate rows, then up rows).
-            prefix = name.replace(".mtp_block", "") + ".shared_experts"
-            dtype = experts.w13_weight.dtype
-            gate = ckpt[f"{prefix}.gate_proj.weight"].to(dtype)
-            up = ckpt[f"{prefix}.up_proj.weight"].to(dtype)
-            down = ckpt[f"{prefix}.down_proj.weight"].to(dtype)
-            n = fusion.num_shared_experts
-            w13 = torch.stack(
-                [torch.cat([g, u]) for g, u in zip(gate.chunk(n), up.chunk(n))]
+            info["slots_equal_checkpoint"] = _slots_equal_checkpoint(
+                runner, ckpt, name.replace(".mtp_block", "") + ".shared_experts"
             )
-            w2 = torch.stack(down.chunk(n, dim=1))
-            isa = runner._quant_method.moe_kernel.fused_experts.isa
-            w13 = ops.cpu_prepack_moe_weight(w13.contiguous(), isa)
-            w2 = ops.cpu_prepack_moe_weight(w2.contiguous(), isa)
-            info["slots_equal_checkpoint"] = [
-                [
-                    bool(torch.equal(experts.w13_weight[slot], w13[j]))
-                    and bool(torch.equal(experts.w2_weight[slot], w2[j]))
-                    for j, slot in enumerate(fusion.slot_ids(r))
-                ]
-                for r in range(fusion.replicas)
-            ]
         layers.append(info)
     return layers
+
+
+def _slots_equal_checkpoint(runner, ckpt: dict, prefix: str) -> list[list[bool]]:
+    """Does every fused slot hold its chunk of the checkpoint's shared expert?
+
+    Compares weights (and FP8 block scales) as the kernels store them: gate
+    rows then up rows in w13; CPU kernels prepack each expert.
+    """
+    import torch
+
+    from vllm import _custom_ops as ops
+
+    experts = runner.routed_experts
+    fusion = runner.router.shared_expert_fusion
+    n = fusion.num_shared_experts
+
+    def stacked(suffix: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        gate = ckpt[f"{prefix}.gate_proj.{suffix}"].to(dtype).chunk(n)
+        up = ckpt[f"{prefix}.up_proj.{suffix}"].to(dtype).chunk(n)
+        down = ckpt[f"{prefix}.down_proj.{suffix}"].to(dtype).chunk(n, dim=1)
+        w13 = torch.stack([torch.cat([g, u]) for g, u in zip(gate, up)])
+        return w13.contiguous(), torch.stack(down).contiguous()
+
+    w13, w2 = stacked("weight", experts.w13_weight.dtype)
+    pairs = [(experts.w13_weight, w13), (experts.w2_weight, w2)]
+    if experts.w13_weight.device.type == "cpu":
+        isa = runner._quant_method.moe_kernel.fused_experts.isa
+        pairs = [(p, ops.cpu_prepack_moe_weight(w, isa)) for p, w in pairs]
+    if hasattr(experts, "w13_weight_scale_inv"):
+        s13, s2 = stacked("weight_scale_inv", torch.float32)
+        pairs += [
+            (experts.w13_weight_scale_inv, s13),
+            (experts.w2_weight_scale_inv, s2),
+        ]
+    return [
+        [
+            all(bool(torch.equal(p[slot].cpu(), w[j])) for p, w in pairs)
+            for j, slot in enumerate(fusion.slot_ids(r))
+        ]
+        for r in range(fusion.replicas)
+    ]
 
 
 def main() -> None:

@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
-import sys
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from compare import greedy_identical, greedy_mismatches, prompt_logprob_diff
+from fusion_harness import Runs, launch_runs
 from tiny_deepseek import ARCHS, make_config, write_checkpoint
 
 HERE = Path(__file__).resolve().parent
@@ -129,57 +129,22 @@ def _stock_vllm(tmp: Path) -> Path:
     return out
 
 
-class Runs:
-    """Outputs of the engine runs, by run name and model."""
-
-    def __init__(self, root: Path, checkpoints: Path):
-        self.root = root
-        self.checkpoints = checkpoints
-
-    def __call__(self, run: str, model: str) -> dict:
-        path = self.root / run / f"{model}.json"
-        if not path.exists():
-            log = (self.root / f"{run}.log").read_text()[-4000:]
-            pytest.fail(f"run {run} wrote nothing for {model}; log tail:\n{log}")
-        return json.loads(path.read_text())
-
-    def log(self, run: str) -> str:
-        return (self.root / f"{run}.log").read_text()
-
-
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     root = tmp_path_factory.mktemp("fusion-runs")
     checkpoints = root / "checkpoints"
     _write_checkpoints(checkpoints)
     stock = _stock_vllm(root)
+    cores = max(1, os.cpu_count() or 1)
 
-    def launch(lane_and_run: tuple[int, str]) -> None:
-        lane, name = lane_and_run
-        models, args = RUNS[name]
-        env = dict(os.environ)
+    def env_for(name: str, lane: int) -> dict[str, str]:
         # One core per engine: two engines run side by side.
-        env["VLLM_CPU_OMP_THREADS_BIND"] = str(lane % max(1, os.cpu_count() or 1))
-        env["PYTHONUNBUFFERED"] = "1"
+        env = {"VLLM_CPU_OMP_THREADS_BIND": str(lane % cores)}
         if name.startswith("stock-"):
             env["PYTHONPATH"] = os.pathsep.join([str(stock), str(HERE)])
-        cmd = [
-            sys.executable,
-            str(HERE / "engine_run.py"),
-            str(root / name),
-            *(str(checkpoints / m) for m in models),
-            *args,
-        ]
-        with open(root / f"{name}.log", "w") as log:
-            subprocess.run(
-                cmd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=900
-            )
+        return env
 
-    lanes = 2
-    order = sorted(RUNS, key=lambda n: -len(RUNS[n][0]))  # longest first
-    with ThreadPoolExecutor(lanes) as pool:
-        list(pool.map(launch, [(i % lanes, n) for i, n in enumerate(order)]))
-    return Runs(root, checkpoints)
+    return launch_runs(RUNS, checkpoints, root, lanes=2, env_for=env_for)
 
 
 def _expected_structure(arch: str, replicas: int) -> tuple[bool, int, int]:
@@ -341,8 +306,6 @@ def test_model_without_shared_experts_is_unchanged(runs: Runs):
     ],
 )
 def test_refusals(runs: Runs, run: str, model: str, message: str):
-    import re
-
     error = runs(run, model).get("error")
     assert error is not None, f"{run} started an engine; expected a refusal"
     assert re.search(message, error), error

@@ -218,14 +218,17 @@ def quantize_fp8_block(
     bn, bk = block
     for name, w in tensors.items():
         quantize = (
-            name.endswith("_proj.weight") and ".eh_proj." not in name and w.ndim == 2
+            w.ndim == 2
+            and name.endswith(".weight")
+            and (".self_attn." in name or ".mlp." in name)
+            and not name.endswith(".mlp.gate.weight")
         )
         if not quantize:
             out[name] = w
             continue
         n, k = w.shape
         gn, gk = math.ceil(n / bn), math.ceil(k / bk)
-        padded = torch.zeros(gn * bn, gk * bk)
+        padded = torch.zeros(gn * bn, gk * bk, device=w.device)
         padded[:n, :k] = w
         tiles = padded.view(gn, bn, gk, bk)
         scale = tiles.abs().amax(dim=(1, 3)).clamp(min=1e-12) / fp8_max

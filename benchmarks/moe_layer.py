@@ -1,0 +1,482 @@
+"""The full DeepSeek MoE layer, stock vs fused shared experts, on one GPU.
+
+Builds vLLM's own ``DeepseekV2MoE`` twice from the same random weights, loaded
+through vLLM's expert weight loader (the fused layer's shared slots through
+``shared_expert_slot_weights``): stock (separate shared MLP, on the
+shared-experts CUDA stream) and fused (VLLM_SHARED_EXPERT_FUSION_REPLICAS=R).
+
+    python benchmarks/moe_layer.py check [--dtype bf16 fp8] [--replicas 1 2]
+    python benchmarks/moe_layer.py bench [--dtype bf16 fp8] [--tp 8 1] --out F.json
+
+``check`` compares both layers with an fp32 reference computed from the same
+(dequantized) weights and routing: the fused layer must be as close to it as
+the stock layer is. ``bench`` times CUDA-graph replays of the whole layer
+(gate GEMM, routing, experts, shared expert) for M tokens and prints the HBM
+floor: the bytes of the expert weights the batch actually reads over the
+measured device copy bandwidth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from tiny_deepseek import quantize_fp8_block  # noqa: E402
+
+ENV = "VLLM_SHARED_EXPERT_FUSION_REPLICAS"
+DEVICE = "cuda"
+
+# DeepSeek-V3/R1 per-rank MoE shapes: the expert intermediate size is split
+# over TP ranks (2048 / tp).
+V3 = dict(
+    hidden_size=7168,
+    n_routed_experts=256,
+    n_shared_experts=1,
+    num_experts_per_tok=8,
+    n_group=8,
+    topk_group=4,
+    routed_scaling_factor=2.5,
+    norm_topk_prob=True,
+    scoring_func="sigmoid",
+    topk_method="noaux_tc",
+)
+MOE_INTERMEDIATE = 2048
+# A small layer for a smoke test of this script on CPU (--tiny).
+TINY = dict(
+    V3,
+    hidden_size=256,
+    n_routed_experts=16,
+    n_group=4,
+    topk_group=2,
+    num_experts_per_tok=4,
+)
+TOKENS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+
+
+class Setup:
+    """vLLM's distributed state and config for building layers outside an engine."""
+
+    def __init__(self, device: str, tiny: bool) -> None:
+        from vllm.config import VllmConfig, set_current_vllm_config
+        from vllm.distributed import (
+            init_distributed_environment,
+            initialize_model_parallel,
+        )
+
+        self.vllm_config = VllmConfig()
+        self.vllm_config.model_config = SimpleNamespace(
+            dtype=torch.bfloat16,
+            max_model_len=4096,
+            is_moe=True,
+            quantization_config=None,
+        )
+        self.vllm_config.scheduler_config.max_num_batched_tokens = 8192
+        self._ctx = set_current_vllm_config(self.vllm_config)
+        self._ctx.__enter__()
+        fd, self._store = tempfile.mkstemp()
+        os.close(fd)
+        init_distributed_environment(
+            world_size=1,
+            rank=0,
+            local_rank=0,
+            distributed_init_method=f"file://{self._store}",
+            backend="nccl" if device == "cuda" else "gloo",
+        )
+        initialize_model_parallel(1, 1)
+        self._count = 0
+        self.device = device
+        self.shape = TINY if tiny else V3
+
+    def next_prefix(self) -> str:
+        self._count += 1
+        return f"model.layers.{self._count}.mlp"
+
+
+def make_config(setup: Setup, tp: int):
+    from transformers import DeepseekV3Config
+
+    shape = setup.shape
+    config = DeepseekV3Config(
+        **{k: v for k, v in shape.items() if k not in ("scoring_func", "topk_method")},
+        moe_intermediate_size=MOE_INTERMEDIATE // tp,
+        intermediate_size=18432,
+        hidden_act="silu",
+    )
+    config.scoring_func = shape["scoring_func"]
+    config.topk_method = shape["topk_method"]
+    return config
+
+
+def make_weights(config, dtype: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """One MoE layer's tensors in HF naming relative to the layer."""
+    g = torch.Generator(device=DEVICE).manual_seed(seed)
+    h, inter = config.hidden_size, config.moe_intermediate_size
+    n_shared = config.n_shared_experts
+
+    def lin(out_dim, in_dim):
+        w = torch.randn(out_dim, in_dim, generator=g, device=DEVICE)
+        return (w / math.sqrt(in_dim)).to(torch.bfloat16)
+
+    t = {"gate.weight": lin(config.n_routed_experts, h).float() * 1.5}
+    t["gate.e_score_correction_bias"] = 0.05 * torch.randn(
+        config.n_routed_experts, generator=g, device=DEVICE
+    )
+    for e in range(config.n_routed_experts):
+        for proj, shape in (
+            ("gate", (inter, h)),
+            ("up", (inter, h)),
+            ("down", (h, inter)),
+        ):
+            t[f"experts.{e}.{proj}_proj.weight"] = lin(*shape)
+    t["shared_experts.gate_proj.weight"] = lin(n_shared * inter, h)
+    t["shared_experts.up_proj.weight"] = lin(n_shared * inter, h)
+    t["shared_experts.down_proj.weight"] = lin(h, n_shared * inter)
+    if dtype == "fp8":
+        t = quantize_fp8_block(t)
+    return t
+
+
+def build_layer(setup: Setup, config, dtype: str, replicas: int):
+    """A DeepseekV2MoE with the given fusion setting (0 = stock)."""
+    from vllm.config import set_current_vllm_config
+    from vllm.model_executor.layers.quantization.fp8 import Fp8Config
+    from vllm.model_executor.models.deepseek_v2 import DeepseekV2MoE
+    from vllm.utils.torch_utils import set_default_torch_dtype
+
+    os.environ[ENV] = str(replicas)
+    quant_config = (
+        Fp8Config(
+            is_checkpoint_fp8_serialized=True,
+            activation_scheme="dynamic",
+            weight_block_size=[128, 128],
+        )
+        if dtype == "fp8"
+        else None
+    )
+    setup.vllm_config.quant_config = quant_config
+    with (
+        set_current_vllm_config(setup.vllm_config),
+        set_default_torch_dtype(torch.bfloat16),
+        torch.device(DEVICE),
+    ):
+        layer = DeepseekV2MoE(
+            config,
+            setup.vllm_config.parallel_config,
+            quant_config,
+            prefix=setup.next_prefix(),
+            apply_routed_scale_to_output=True,
+            allow_shared_expert_fusion=True,
+        )
+    assert (layer.shared_experts is None) == (replicas > 0)
+    return layer
+
+
+def load_layer(layer, tensors: dict[str, torch.Tensor]) -> None:
+    """Load HF-named tensors the way DeepseekV2Model.load_weights does."""
+    from vllm.model_executor.layers.fused_moe import (
+        fused_moe_make_expert_params_mapping,
+    )
+    from vllm.model_executor.layers.fused_moe.shared_expert_fusion import (
+        shared_expert_slot_weights,
+    )
+    from vllm.model_executor.layers.quantization.base_config import (
+        QuantizeMethodBase,
+    )
+
+    slots = layer.shared_expert_slots
+    mapping = fused_moe_make_expert_params_mapping(
+        layer,
+        "gate_proj",
+        "down_proj",
+        "up_proj",
+        num_experts=layer.n_routed_experts + (slots.num_slots if slots else 0),
+    )
+    params = dict(layer.named_parameters())
+    stacked = {"gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1)}
+    for name, weight in tensors.items():
+        if name.startswith("shared_experts.") and slots is None:
+            proj = name.split(".")[1]
+            if proj in stacked:
+                target, shard = stacked[proj]
+                pname = name.replace(proj, target)
+                params[pname].weight_loader(params[pname], weight, shard)
+            else:
+                params[name].weight_loader(params[name], weight)
+            continue
+        if name.startswith("shared_experts."):
+            items = shared_expert_slot_weights(
+                name, weight, slots, "shared_experts", "experts"
+            )
+        elif name.startswith("experts."):
+            items = [(name, weight)]
+        else:
+            param = params[name]
+            getattr(param, "weight_loader", _copy)(param, weight)
+            continue
+        for slot_name, chunk in items:
+            for param_name, weight_name, expert_id, shard_id in mapping:
+                if weight_name not in slot_name:
+                    continue
+                pname = slot_name.replace(weight_name, param_name)
+                ok = params[pname].weight_loader(
+                    params[pname],
+                    chunk,
+                    pname,
+                    shard_id=shard_id,
+                    expert_id=expert_id,
+                    return_success=True,
+                )
+                assert ok, slot_name
+                break
+            else:
+                raise KeyError(slot_name)
+    for module in layer.modules():
+        method = getattr(module, "quant_method", None)
+        if isinstance(method, QuantizeMethodBase):
+            method.process_weights_after_loading(module)
+
+
+def _copy(param, weight):
+    param.data.copy_(weight)
+
+
+def dequantized(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """fp32 weights: FP8 blocks times their scales."""
+    out = {}
+    for name, w in tensors.items():
+        if name.endswith("_scale_inv"):
+            continue
+        scale = tensors.get(name + "_scale_inv") if name.endswith(".weight") else None
+        w = w.float()
+        if scale is not None:
+            s = scale.repeat_interleave(128, 0).repeat_interleave(128, 1)
+            w = w * s[: w.shape[0], : w.shape[1]]
+        out[name] = w
+    return out
+
+
+def reference(x, topk_weights, topk_ids, weights, config) -> torch.Tensor:
+    """fp32 shared + rsf * sum_k w_k * expert_k(x) for the given routing."""
+
+    def mlp(prefix, v):
+        gate = v @ weights[f"{prefix}.gate_proj.weight"].T
+        up = v @ weights[f"{prefix}.up_proj.weight"].T
+        return (torch.nn.functional.silu(gate) * up) @ weights[
+            f"{prefix}.down_proj.weight"
+        ].T
+
+    x = x.float()
+    out = mlp("shared_experts", x)
+    routed = torch.zeros_like(out)
+    for k in range(topk_ids.shape[1]):
+        for e in topk_ids[:, k].unique().tolist():
+            rows = topk_ids[:, k] == e
+            routed[rows] += topk_weights[rows, k, None] * mlp(f"experts.{e}", x[rows])
+    return out + config.routed_scaling_factor * routed
+
+
+def forward(setup: Setup, layer, x: torch.Tensor) -> torch.Tensor:
+    from vllm.forward_context import set_forward_context
+
+    with set_forward_context(None, setup.vllm_config, num_tokens=x.shape[0]):
+        return layer(x)
+
+
+def check(args, setup: Setup) -> list[dict]:
+    rows = []
+    config = make_config(setup, tp=8)
+    for dtype in args.dtype:
+        tensors = make_weights(config, dtype, seed=1)
+        ref_weights = dequantized(tensors)
+        stock = build_layer(setup, config, dtype, 0)
+        load_layer(stock, tensors)
+        fused = {r: build_layer(setup, config, dtype, r) for r in args.replicas}
+        for layer in fused.values():
+            load_layer(layer, tensors)
+        for m in (1, 7, 64, 300):
+            x = torch.randn(m, config.hidden_size, device=DEVICE).to(torch.bfloat16)
+            logits, _ = stock.gate(x)
+            topk_weights, topk_ids = stock.experts.router.select_experts(x, logits)
+            ref = reference(x, topk_weights, topk_ids, ref_weights, config)
+            out_stock = forward(setup, stock, x).float()
+            err_stock = (out_stock - ref).norm() / ref.norm()
+            outs = {r: forward(setup, layer, x).float() for r, layer in fused.items()}
+            for r, out in outs.items():
+                err = (out - ref).norm() / ref.norm()
+                row = {
+                    "dtype": dtype,
+                    "tokens": m,
+                    "replicas": r,
+                    "rel_err_stock": err_stock.item(),
+                    "rel_err_fused": err.item(),
+                    "rel_diff_fused_stock": (
+                        (out - out_stock).norm() / ref.norm()
+                    ).item(),
+                    "same_as_R1": bool(torch.equal(out, outs[min(outs)])),
+                }
+                row["ok"] = (
+                    row["rel_err_fused"] <= 1.5 * row["rel_err_stock"] + 1e-3
+                    and row["same_as_R1"]
+                )
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+        del stock, fused
+        if DEVICE == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def copy_bandwidth() -> float:
+    """Device copy bandwidth in bytes/s (read + write counted)."""
+    a = torch.empty(2 << 30, dtype=torch.uint8, device=DEVICE)
+    b = torch.empty_like(a)
+    for _ in range(3):
+        b.copy_(a)
+    start, end = torch.cuda.Event(True), torch.cuda.Event(True)
+    start.record()
+    for _ in range(10):
+        b.copy_(a)
+    end.record()
+    torch.cuda.synchronize()
+    bw = 2 * a.numel() * 10 / (start.elapsed_time(end) / 1e3)
+    del a, b
+    return bw
+
+
+def expert_bytes(tensors: dict[str, torch.Tensor], prefix: str) -> int:
+    return sum(
+        t.numel() * t.element_size()
+        for n, t in tensors.items()
+        if n.startswith(prefix + ".")
+    )
+
+
+def time_layer(setup, layer, inputs: list[torch.Tensor], iters: int) -> float:
+    """Median microseconds per replay, round-robin over one graph per input."""
+    graphs = []
+    for x in inputs:
+        for _ in range(2):  # warm up: Triton compiles, workspace allocations
+            forward(setup, layer, x)
+        torch.cuda.synchronize()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            forward(setup, layer, x)
+        graphs.append(g)
+    for g in graphs:
+        g.replay()
+    times = []
+    start, end = torch.cuda.Event(True), torch.cuda.Event(True)
+    for _ in range(5):
+        torch.cuda.synchronize()
+        start.record()
+        for i in range(iters):
+            graphs[i % len(graphs)].replay()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / iters)
+    del graphs
+    return statistics.median(times)
+
+
+def bench(args, setup: Setup) -> list[dict]:
+    bw = copy_bandwidth()
+    print(f"device copy bandwidth {bw / 1e12:.2f} TB/s", flush=True)
+    rows = []
+    for tp in args.tp:
+        config = make_config(setup, tp)
+        for dtype in args.dtype:
+            tensors = make_weights(config, dtype)
+            per_expert = expert_bytes(tensors, "experts.0")
+            shared = expert_bytes(tensors, "shared_experts")
+            gate = expert_bytes(tensors, "gate")
+            gen = torch.Generator(device=DEVICE).manual_seed(0)
+            inputs = {
+                m: [
+                    torch.randn(m, config.hidden_size, generator=gen, device=DEVICE).to(
+                        torch.bfloat16
+                    )
+                    for _ in range(args.graphs)
+                ]
+                for m in args.tokens
+            }
+            times: dict[str, dict[int, float]] = {}
+            for variant, replicas in (("stock", 0), ("fused", 1)):
+                layer = build_layer(setup, config, dtype, replicas)
+                load_layer(layer, tensors)
+                times[variant] = {
+                    m: time_layer(setup, layer, inputs[m], args.iters)
+                    for m in args.tokens
+                }
+                del layer
+                torch.cuda.empty_cache()
+            ref_layer = build_layer(setup, config, dtype, 0)
+            load_layer(ref_layer, tensors)
+            for m in args.tokens:
+                # Experts the batches actually read, averaged over the inputs.
+                unique = statistics.fmean(
+                    ref_layer.experts.router.select_experts(x, ref_layer.gate(x)[0])[1]
+                    .unique()
+                    .numel()
+                    for x in inputs[m]
+                )
+                floor_us = (unique * per_expert + shared + gate) / bw * 1e6
+                row = {
+                    "scenario": "moe_layer",
+                    "dtype": dtype,
+                    "tp_equiv": tp,
+                    "batch": m,
+                    "metric": "moe_us",
+                    "stock": times["stock"][m],
+                    "fused": times["fused"][m],
+                    "ratio": times["fused"][m] / times["stock"][m],
+                    "floor_us": floor_us,
+                    "fused_over_floor": times["fused"][m] / floor_us,
+                    "experts_read": unique + 1,
+                }
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+            del ref_layer, tensors
+            torch.cuda.empty_cache()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=["check", "bench"])
+    parser.add_argument("--dtype", nargs="+", default=["bf16", "fp8"])
+    parser.add_argument("--tp", nargs="+", type=int, default=[8, 1])
+    parser.add_argument("--replicas", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--tokens", nargs="+", type=int, default=TOKENS)
+    parser.add_argument("--graphs", type=int, default=8)
+    parser.add_argument("--iters", type=int, default=200)
+    parser.add_argument("--out")
+    parser.add_argument("--tiny", action="store_true", help="small shapes")
+    parser.add_argument("--device", default="cuda")
+    args = parser.parse_args()
+    global DEVICE
+    DEVICE = args.device
+    torch.manual_seed(0)
+    setup = Setup(args.device, args.tiny)
+    rows = check(args, setup) if args.mode == "check" else bench(args, setup)
+    info = {
+        "gpu": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu",
+        "torch": torch.__version__,
+    }
+    if args.out:
+        Path(args.out).write_text(json.dumps({"info": info, "rows": rows}, indent=1))
+    if args.mode == "check" and not all(r["ok"] for r in rows):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

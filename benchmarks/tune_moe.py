@@ -1,0 +1,225 @@
+"""Tune vLLM's Triton fused-MoE tile configs for the fused expert counts.
+
+Fusion adds R * n_shared expert slots (DeepSeek-V3/R1: E = 256 + 1 = 257, or
+264 with 8 copies) and one top-k entry per shared expert, so vLLM finds no
+tuned config file and falls back to its default tiles. This script times
+candidate tile configs of ``fused_experts`` as CUDA-graph replays, with the
+routing the fused layer produces (top_k routed experts drawn at random plus
+the shared slot for every token), and writes the fastest per batch size as a
+vLLM config file: ``E=..,N=..,device_name=..[,dtype=fp8_w8a8,block_shape=[128,128]].json``.
+
+Candidates: every config of vLLM's own tuned file for the routed-only expert
+count (e.g. E=256), which is the natural starting point, plus a small grid.
+
+    python benchmarks/tune_moe.py --experts 257 --top-k 9 --n 256 --dtype fp8 \\
+        --out-dir vllm/vllm/model_executor/layers/fused_moe/configs
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import statistics
+import time
+
+import torch
+
+TOKENS = [
+    1,
+    2,
+    4,
+    8,
+    16,
+    24,
+    32,
+    48,
+    64,
+    96,
+    128,
+    256,
+    512,
+    1024,
+    1536,
+    2048,
+    3072,
+    4096,
+]
+
+
+def grid(dtype: str) -> list[dict]:
+    small = itertools.product([8, 16], [32, 64, 128], [128], [1], [4], [3, 4, 5])
+    large = itertools.product([32, 64, 128], [64, 128], [128], [1, 16], [4, 8], [3, 4])
+    keys = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M")
+    keys += ("num_warps", "num_stages")
+    configs = [dict(zip(keys, values)) for values in [*small, *large]]
+    if dtype == "bf16":
+        configs += [dict(c, BLOCK_SIZE_K=64) for c in configs if c["BLOCK_SIZE_M"] > 16]
+    return configs
+
+
+def seed_configs(routed_experts: int, n: int, dtype: str) -> list[dict]:
+    """Configs of vLLM's tuned file for the routed-only expert count."""
+    from vllm.model_executor.layers.fused_moe.fused_moe import get_moe_configs
+
+    block = (128, 128) if dtype == "fp8" else (None, None)
+    found = get_moe_configs(
+        routed_experts, n, "fp8_w8a8" if dtype == "fp8" else None, *block
+    )
+    if not found:
+        return []
+    unique = {json.dumps(c, sort_keys=True) for c in found.values()}
+    return [json.loads(c) for c in unique]
+
+
+class Problem:
+    def __init__(self, experts, routed, top_k, n, hidden, dtype, graphs):
+        from vllm.model_executor.layers.fused_moe.config import FusedMoEQuantConfig
+
+        self.experts, self.routed, self.top_k = experts, routed, top_k
+        w_dtype = torch.bfloat16
+        self.w1 = torch.randn(experts, 2 * n, hidden, device="cuda").to(w_dtype) * 0.02
+        self.w2 = torch.randn(experts, hidden, n, device="cuda").to(w_dtype) * 0.02
+        scales = {}
+        if dtype == "fp8":
+            self.w1 = self.w1.to(torch.float8_e4m3fn)
+            self.w2 = self.w2.to(torch.float8_e4m3fn)
+            scales = dict(
+                w1_scale=torch.rand(experts, 2 * n // 128, hidden // 128, device="cuda")
+                * 1e-2,
+                w2_scale=torch.rand(experts, hidden // 128, n // 128, device="cuda")
+                * 1e-2,
+            )
+        self.quant_config = FusedMoEQuantConfig.make(
+            quant_dtype=torch.float8_e4m3fn if dtype == "fp8" else None,
+            block_shape=[128, 128] if dtype == "fp8" else None,
+            **scales,
+        )
+        self.hidden = hidden
+        self.graphs = graphs
+
+    def routing(self, m: int, gen: torch.Generator):
+        """top_k - n_shared routed experts at random, then the shared slots."""
+        n_shared = self.experts - self.routed
+        scores = torch.rand(m, self.routed, generator=gen, device="cuda")
+        ids = scores.topk(self.top_k - n_shared, dim=-1).indices.to(torch.int32)
+        shared = torch.arange(
+            self.routed, self.experts, device="cuda", dtype=torch.int32
+        )
+        ids = torch.cat([ids, shared.expand(m, n_shared)], dim=1)
+        weights = torch.rand(m, self.top_k, generator=gen, device="cuda")
+        return weights, ids
+
+    def time(self, config: dict, m: int, iters: int) -> float:
+        from vllm.model_executor.layers.fused_moe import fused_experts, override_config
+
+        gen = torch.Generator(device="cuda").manual_seed(m)
+        inputs = []
+        for _ in range(self.graphs):
+            x = torch.randn(m, self.hidden, device="cuda", generator=gen).to(
+                torch.bfloat16
+            )
+            inputs.append((x, *self.routing(m, gen)))
+
+        def run(x, w, ids):
+            with override_config(config):
+                return fused_experts(
+                    x, self.w1, self.w2, w, ids, quant_config=self.quant_config
+                )
+
+        graphs = []
+        for args in inputs:
+            run(*args)
+            torch.cuda.synchronize()
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                run(*args)
+            graphs.append(g)
+        start, end = torch.cuda.Event(True), torch.cuda.Event(True)
+        times = []
+        for _ in range(3):
+            torch.cuda.synchronize()
+            start.record()
+            for i in range(iters):
+                graphs[i % len(graphs)].replay()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) * 1e3 / iters)
+        return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--experts", type=int, required=True, help="slots, e.g. 257")
+    parser.add_argument("--routed", type=int, default=256)
+    parser.add_argument("--top-k", type=int, required=True, help="incl. shared")
+    parser.add_argument("--n", type=int, required=True, help="intermediate/rank")
+    parser.add_argument("--hidden", type=int, default=7168)
+    parser.add_argument("--dtype", choices=["bf16", "fp8"], default="fp8")
+    parser.add_argument("--tokens", nargs="+", type=int, default=TOKENS)
+    parser.add_argument("--graphs", type=int, default=4)
+    parser.add_argument("--iters", type=int, default=40)
+    parser.add_argument("--budget-s", type=float, default=1e9, help="stop early")
+    parser.add_argument("--out-dir", default=".")
+    parser.add_argument("--report", help="also write timings here (JSON)")
+    args = parser.parse_args()
+
+    from vllm.model_executor.layers.fused_moe.fused_moe import get_config_file_name
+
+    began = time.time()
+    problem = Problem(
+        args.experts,
+        args.routed,
+        args.top_k,
+        args.n,
+        args.hidden,
+        args.dtype,
+        args.graphs,
+    )
+    seeds = seed_configs(args.routed, args.n, args.dtype)
+    candidates = seeds + [c for c in grid(args.dtype) if c not in seeds]
+    print(f"{len(seeds)} seed configs, {len(candidates)} candidates", flush=True)
+    best: dict[int, tuple[float, dict]] = {}
+    timings: dict[int, list] = {m: [] for m in args.tokens}
+    for i, config in enumerate(candidates):
+        if time.time() - began > args.budget_s:
+            print(f"budget reached after {i} candidates", flush=True)
+            break
+        for m in args.tokens:
+            try:
+                us = problem.time(config, m, args.iters)
+            except Exception as exc:  # a tile the kernel can't run
+                print(f"skip {config} at M={m}: {type(exc).__name__}", flush=True)
+                break
+            timings[m].append((us, config))
+            if m not in best or us < best[m][0]:
+                best[m] = (us, config)
+    tuned = {str(m): best[m][1] for m in sorted(best)}
+    dtype_str = "fp8_w8a8" if args.dtype == "fp8" else None
+    block = [128, 128] if args.dtype == "fp8" else None
+    name = get_config_file_name(args.experts, args.n, dtype_str, block)
+    os.makedirs(args.out_dir, exist_ok=True)
+    with open(os.path.join(args.out_dir, name), "w") as f:
+        json.dump(tuned, f, indent=4)
+        f.write("\n")
+    seed_best = {
+        m: min((us for us, c in timings[m] if c in seeds), default=None)
+        for m in sorted(best)
+    }
+    report = {
+        "file": name,
+        "gpu": torch.cuda.get_device_name(),
+        "candidates_timed": len(timings[args.tokens[0]]),
+        "seconds": round(time.time() - began),
+        "best_us": {m: best[m][0] for m in sorted(best)},
+        "best_seed_us": seed_best,
+    }
+    print(json.dumps(report), flush=True)
+    if args.report:
+        with open(args.report, "w") as f:
+            json.dump(report, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
