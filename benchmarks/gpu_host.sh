@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Steps of a GPU session on a host without registry access (../shared/gpu-host/README.md):
+# the official vLLM 0.32.0 CUDA wheel, bundled in pieces, staged under /root, patched with
+# this series. On a machine where `pip install dist/vllm-*.whl` works, skip stage/install
+# and run the other steps with the patched wheel installed.
+#   benchmarks/gpu_host.sh stage DIR       copy the pieces in DIR to /root/stage
+#   benchmarks/gpu_host.sh install         unpack vLLM + deps into /root/site, apply patches/
+#   benchmarks/gpu_host.sh unit            vLLM's in-tree fusion tests on CUDA
+#   benchmarks/gpu_host.sh check           layer-level numerics vs an fp32 reference
+#   benchmarks/gpu_host.sh equiv           end-to-end fused vs unfused engines (pytest)
+#   benchmarks/gpu_host.sh bench [ARGS]    layer benchmark (benchmarks/moe_layer.py bench)
+#   benchmarks/gpu_host.sh tune [ARGS]     Triton tile tuning (benchmarks/tune_moe.py)
+#   benchmarks/gpu_host.sh e2e [ARGS]      ITL/TTFT (benchmarks/e2e_latency.py)
+# Results go to $OUT (default ./gpu-out).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu-out}
+mkdir -p "$OUT"
+BIN=${GPU_BIN:-.gpu/bin}
+export VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
+[ -d /root/site ] && export PYTHONPATH=/root/site${PYTHONPATH:+:$PYTHONPATH}
+step=$1; shift
+case "$step" in
+  stage) bash "$BIN/stage.sh" "$1" ;;
+  install)
+    bash "$BIN/stage.sh" /nonexistent install
+    export PYTHONPATH=/root/site
+    bash "$BIN/apply-patches.sh" $(sed 's|^|patches/|' patches/series)
+    python3 -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__, torch.cuda.get_device_name())"
+    ;;
+  unit) python3 -m pytest -q -p no:cacheprovider "${1:-.gpu/tests}" 2>&1 | tee "$OUT/unit.log" | tail -n 15 ;;
+  check) python3 benchmarks/moe_layer.py check --out "$OUT/layer_check.json" "$@" ;;
+  equiv)
+    python3 -m pytest -q -s -p no:cacheprovider tests/test_fusion_gpu.py --basetemp=/root/equiv "$@" \
+      2>&1 | tee "$OUT/equiv.log" | grep -E "prompt logprobs|passed|failed|Error" ;;
+  bench) python3 benchmarks/moe_layer.py bench --out "$OUT/layer_bench.json" "$@" ;;
+  tune) python3 benchmarks/tune_moe.py --out-dir "$OUT" "$@" ;;
+  e2e) python3 benchmarks/e2e_latency.py --out "$OUT/e2e.jsonl" "$@" ;;
+  *) echo "unknown step $step" >&2; exit 2 ;;
+esac
