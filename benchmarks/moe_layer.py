@@ -93,6 +93,10 @@ class Setup:
             backend="nccl" if device == "cuda" else "gloo",
         )
         initialize_model_parallel(1, 1)
+        if device == "cuda":
+            from vllm.v1.worker.workspace import init_workspace_manager
+
+            init_workspace_manager(torch.device("cuda"))
         self._count = 0
         self.device = device
         self.shape = TINY if tiny else V3
@@ -142,7 +146,7 @@ def make_weights(config, dtype: str, seed: int = 0) -> dict[str, torch.Tensor]:
     t["shared_experts.up_proj.weight"] = lin(n_shared * inter, h)
     t["shared_experts.down_proj.weight"] = lin(h, n_shared * inter)
     if dtype == "fp8":
-        t = quantize_fp8_block(t)
+        t = quantize_fp8_block(t, quantize_name=lambda n: n.endswith("_proj.weight"))
     return t
 
 

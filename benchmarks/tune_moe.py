@@ -184,8 +184,10 @@ def main() -> None:
     block = [128, 128] if args.dtype == "fp8" else None
     name = get_config_file_name(args.experts, args.n, dtype_str, block)
     os.makedirs(args.out_dir, exist_ok=True)
+    import triton
+
     with open(os.path.join(args.out_dir, name), "w") as f:
-        json.dump(tuned, f, indent=4)
+        json.dump({"triton_version": triton.__version__, **tuned}, f, indent=4)
         f.write("\n")
     seed_best = {
         m: min((us for us, c in timings[m] if c in seeds), default=None)

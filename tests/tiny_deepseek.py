@@ -203,8 +203,18 @@ def make_tensors(config: dict, seed: int = 0) -> dict[str, torch.Tensor]:
     return t
 
 
+def _is_projection(name: str) -> bool:
+    return (
+        (".self_attn." in name or ".mlp." in name)
+        and name.endswith(".weight")
+        and not name.endswith(".mlp.gate.weight")
+    )
+
+
 def quantize_fp8_block(
-    tensors: dict[str, torch.Tensor], block: tuple[int, int] = (128, 128)
+    tensors: dict[str, torch.Tensor],
+    block: tuple[int, int] = (128, 128),
+    quantize_name=_is_projection,
 ) -> dict[str, torch.Tensor]:
     """FP8 (e4m3) block quantization in DeepSeek-V3's checkpoint format.
 
@@ -217,12 +227,7 @@ def quantize_fp8_block(
     out: dict[str, torch.Tensor] = {}
     bn, bk = block
     for name, w in tensors.items():
-        quantize = (
-            w.ndim == 2
-            and name.endswith(".weight")
-            and (".self_attn." in name or ".mlp." in name)
-            and not name.endswith(".mlp.gate.weight")
-        )
+        quantize = w.ndim == 2 and quantize_name(name)
         if not quantize:
             out[name] = w
             continue
