@@ -21,7 +21,7 @@ if [ "${FORCE:-0}" != 1 ]; then
   [ -d "$(am_dir)" ] && die "a git am is in progress in $VLLM_DIR: finish or abort it, or rerun with FORCE=1"
   dirty=$(vgit status --porcelain)
   [ -z "$dirty" ] || die "$VLLM_DIR has uncommitted changes (commit them and run make refresh, or rerun with FORCE=1 to discard them):
-$dirty"
+$(head -n 20 <<< "$dirty")$([ "$(wc -l <<< "$dirty")" -le 20 ] || printf '\n...')"
 fi
 
 old=$(vgit rev-parse -q --verify "refs/heads/$SERIES_BRANCH" || true)
