@@ -5,6 +5,7 @@
 # Author dates (and, for reproducible commit ids, committer dates) come from the patches.
 # On a patch that does not apply: aborts the am, leaves vllm/ on branch sef at sef-base with a clean
 # tree, names the patch and its files (those that conflicted first), and exits 1.
+# shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
 [ -f "$PATCH_DIR/series" ] || die "$PATCH_DIR/series does not exist"

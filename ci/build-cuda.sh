@@ -16,6 +16,7 @@
 # (the same sources; no Rust toolchain needed), then `pip wheel --no-build-isolation` in vllm/ with the
 # version forced to 0.32.0+$LOCAL_VERSION (VLLM_VERSION_OVERRIDE, so no +cuXXX suffix).
 # Output: dist/source/vllm-0.32.0+$LOCAL_VERSION-cp38-abi3-linux_x86_64.whl and dist/source/SHA256SUMS.
+# shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}

@@ -10,6 +10,7 @@
 # sources or the build (csrc/, CMakeLists.txt, ...) is refused: build it with `make build-cuda`.
 # Reproducible: zip timestamps come from SOURCE_DATE_EPOCH (fixed below), the order from `wheel pack`.
 # Skips the work when dist/ already holds the output for the same inputs.
+# shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
 flavour=${1:-}
@@ -52,14 +53,24 @@ done
 tools_bin=$("$ROOT/ci/tools.sh")
 src=$("$ROOT/ci/fetch.sh" "$flavour-wheel")
 phase_done "$flavour: tools and sha256-verified $official"
-stage=$BUILD_DIR/wheel-$flavour
-rm -rf "$stage"
-mkdir -p "$stage/out"
-at_exit 'rm -rf "$stage"'
-log "building $out from $official (${#patches[@]} patch(es))"
+# Scratch space for the unpacked wheel (~0.8 GB for CUDA): RAM (/dev/shm) when it has 4 GB free,
+# since writing and deleting that many files on a disk costs ~10 s per GB; else build/.
+stage_parent=${SEF_STAGE_DIR:-}
+if [ -z "$stage_parent" ]; then
+  stage_parent=$BUILD_DIR
+  if [ -d /dev/shm ] && [ -w /dev/shm ] \
+    && [ "$(df -Pk /dev/shm | awk 'NR == 2 { print $4 }')" -gt $((4 * 1024 * 1024)) ]; then
+    stage_parent=/dev/shm
+  fi
+fi
+mkdir -p "$stage_parent" "$DIST_DIR"
+stage=$(mktemp -d "$stage_parent/sef-wheel-$flavour.XXXXXX")
+packed=$(mktemp -d "$DIST_DIR/.packing.XXXXXX")
+at_exit 'rm -rf "$stage" "$packed"'
+log "building $out from $official (${#patches[@]} patch(es)), unpacked in $stage"
 
 "$tools_bin/wheel" unpack -d "$stage" "$src" >/dev/null
-tree=$(find "$stage" -mindepth 1 -maxdepth 1 -type d ! -name out)
+tree=$(find "$stage" -mindepth 1 -maxdepth 1 -type d)
 phase_done "$flavour: wheel unpack (RECORD hashes checked)"
 
 # GIT_CEILING_DIRECTORIES keeps git from finding the outer repository: without a repository, git apply
@@ -78,8 +89,10 @@ dist=$(basename "$old_info" "-$VLLM_VERSION.dist-info")
 info=$tree/$dist-$VLLM_VERSION+$LOCAL_VERSION.dist-info
 mv "$old_info" "$info"
 sed -i "0,/^Version: ${VLLM_VERSION//./\\.}\$/s//Version: $VLLM_VERSION+$LOCAL_VERSION/" "$info/METADATA"
-[ "$(grep -c '^Version: ' "$info/METADATA")" = 1 ] && grep -qx "Version: $VLLM_VERSION+$LOCAL_VERSION" "$info/METADATA" \
-  || die "could not set Version in $info/METADATA"
+if [ "$(grep -c '^Version: ' "$info/METADATA")" != 1 ] \
+  || ! grep -qx "Version: $VLLM_VERSION+$LOCAL_VERSION" "$info/METADATA"; then
+  die "could not set Version in $info/METADATA"
+fi
 # WHEEL's Tag lines name the tags of the official file name (upstream's WHEEL says linux_x86_64, the
 # CPU one even cp312-cp312, while the published files are cp38-abi3-manylinux_2_28_x86_64); `wheel
 # pack` names the file after them.
@@ -95,13 +108,12 @@ awk -v tags="$(printf '%s\n' "${tags[@]}")" \
   '/^Tag: / { if (!done) print tags; done = 1; next } { print }' "$info/WHEEL" > "$info/WHEEL.new"
 mv "$info/WHEEL.new" "$info/WHEEL"
 
-"$tools_bin/wheel" pack -d "$stage/out" "$tree" >/dev/null
-[ -f "$stage/out/$out" ] || die "wheel pack wrote $(ls "$stage/out"), expected $out"
+"$tools_bin/wheel" pack -d "$packed" "$tree" >/dev/null
+[ -f "$packed/$out" ] || die "wheel pack wrote $(ls "$packed"), expected $out"
 phase_done "$flavour: wheel pack (RECORD regenerated)"
 
-mkdir -p "$DIST_DIR"
 rm -f "$DIST_DIR/$dist-$VLLM_VERSION+"*.whl "$DIST_DIR/.$dist-$VLLM_VERSION+"*.inputs
-mv "$stage/out/$out" "$DIST_DIR/$out"
+mv "$packed/$out" "$DIST_DIR/$out"
 printf '%s\n' "$inputs" > "$stamp"
 (cd "$DIST_DIR" && sha256sum -- *.whl > SHA256SUMS)
 log "wrote $DIST_DIR/$out ($(du -m "$DIST_DIR/$out" | cut -f1) MB) in $SECONDS s"

@@ -9,6 +9,7 @@
 #   (f) ruff (ruff.toml) on our own Python, shellcheck on our shell scripts.
 #   ci/check.sh
 # Runs every check it can, then exits 1 if any failed.
+# shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
 failures=()

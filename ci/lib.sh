@@ -1,4 +1,5 @@
 # Shared by the scripts in ci/: paths, the pinned base, and small helpers. Source it, don't run it.
+# shellcheck shell=bash disable=SC2034  # (variables are used by the scripts that source it)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # BASE_FILE may point at another base (the rebase job does); default is the pinned one.

@@ -1,8 +1,9 @@
 """pytest plugin for the in-tree vLLM tests run by ci/test.sh (loaded with ``-p pytest_intree``).
 
-Before any test runs, it checks what the run is meant to test: ``vllm`` imported from the test venv's
-installed (patched) wheel, with its compiled CPU ops and the CPU platform detected, while ``tests``
-comes from the vLLM tree. If either resolves elsewhere, the session stops with a usage error.
+Before any test runs, it checks what the run is meant to test: ``vllm`` imported from the test
+venv's installed (patched) wheel, with its compiled CPU ops and the CPU platform detected, while
+``tests`` comes from the vLLM tree. If either resolves elsewhere, the session stops with a usage
+error.
 """
 
 import importlib.metadata

@@ -4,6 +4,7 @@
 # One patch per commit, by git format-patch with every option that could vary pinned, so that
 # `make apply && make refresh` reproduces patches/ byte for byte. Patch files no longer produced
 # are deleted; series is rewritten (it holds only the patch names, in order).
+# shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
 [ -d "$VLLM_DIR/.git" ] || [ -f "$VLLM_DIR/.git" ] || die "$VLLM_DIR is not a git repository (run make apply)"

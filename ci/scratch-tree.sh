@@ -3,6 +3,7 @@
 #   ci/scratch-tree.sh DEST
 # A `git clone --shared` of vllm/'s base (made by ci/vllm-source.sh if missing) + ci/apply.sh on it;
 # fails like apply.sh when a patch does not apply. DEST is replaced if it exists.
+# shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 [ -n "${1:-}" ] || die "usage: $0 DEST"
 dest=$(realpath -m "$1")

@@ -6,6 +6,7 @@
 #      the installed patched wheel, `import tests...` to the tree's tests/ (ci/pytest_intree.py checks).
 #   ci/test.sh [PYTEST_ARGS...]       extra arguments go to the run of our own tests
 # Exits non-zero if either run fails; prints the time of each.
+# shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
 pytest=$VENV_DIR/bin/pytest

@@ -2,6 +2,7 @@
 # Make sure the tools venv (build/tools-venv: ruff, wheel, shellcheck) exists with ci/tools-requirements.txt.
 #   ci/tools.sh        prints the venv's bin directory
 # Idempotent: reinstalls only when ci/tools-requirements.txt changed.
+# shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 req=$ROOT/ci/tools-requirements.txt
 stamp=$TOOLS_VENV/.requirements.sha256

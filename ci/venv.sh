@@ -6,6 +6,7 @@
 #                           on the default index)
 # Idempotent: a venv made from the same requirements/constraints is kept; a changed wheel (by sha256) is
 # reinstalled alone; anything else makes a new venv.
+# shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
 wheel=$DIST_DIR/$(patched_wheel cpu)
