@@ -46,6 +46,12 @@ phase_done() {
   _phase_t0=$SECONDS
 }
 
+# stderr filter for pip: drops the warnings of a pip configuration that names local index folders
+# which do not exist (one per package looked up), keeps everything else.
+pip_noise_filter() {
+  grep -v "^WARNING: Location 'file:.*' is ignored: it is neither a file nor a directory\.$" || true
+}
+
 # sha256 of a file, hex.
 sha256() { sha256sum "$1" | cut -d' ' -f1; }
 

@@ -12,7 +12,7 @@ fi
 log "creating $TOOLS_VENV"
 rm -rf "$TOOLS_VENV"
 "$PYTHON" -m venv "$TOOLS_VENV"
-"$TOOLS_VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$req" >&2 \
+"$TOOLS_VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$req" 2> >(pip_noise_filter >&2) >&2 \
   || die "installing $req into $TOOLS_VENV failed"
 sha256 "$req" > "$stamp"
 echo "$TOOLS_VENV/bin"

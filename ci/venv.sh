@@ -18,7 +18,7 @@ env_id=$({ "$PYTHON" -c 'import sys; print(sys.version)'; cat "$req" "$cons"; ec
 wheel_sha=$(sha256 "$wheel")
 env_stamp=$VENV_DIR/.sef-env.sha256
 wheel_stamp=$VENV_DIR/.sef-wheel.sha256
-vpip() { "$VENV_DIR/bin/python" -m pip --disable-pip-version-check "$@"; }
+vpip() { "$VENV_DIR/bin/python" -m pip --disable-pip-version-check "$@" 2> >(pip_noise_filter >&2); }
 index_args=()
 [ -z "$TORCH_INDEX_URL" ] || index_args=(--extra-index-url "$TORCH_INDEX_URL")
 
