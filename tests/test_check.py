@@ -3,12 +3,18 @@
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import commit_all, refresh_into, run_script
+from conftest import ROOT, commit_all, refresh_into, run_script
 
 
 def check(base_repo: Path, patches: Path, tmp_path: Path):
     env = {"VLLM_DIR": str(base_repo), "PATCH_DIR": str(patches), "BUILD_DIR": str(tmp_path)}
     return run_script("check.sh", env=env, check=False)
+
+
+def test_project_series_passes(base_repo: Path, tmp_path: Path) -> None:
+    """`make check` on patches/ itself: CI holds the real series to the same rules."""
+    proc = check(base_repo, ROOT / "patches", tmp_path)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_clean_series_passes(base_repo: Path, sample_series: Path, tmp_path: Path) -> None:
