@@ -44,6 +44,7 @@ fi
 for patch in "${patches[@]}"; do
   while IFS= read -r path; do
     case "$path" in
+      vllm/*) ;;  # the package, data files included (e.g. sources that vLLM compiles at run time)
       csrc/*|cmake/*|CMakeLists.txt|setup.py|pyproject.toml|requirements/*|rust/*|*.cu|*.cuh|*.cpp|*.cc|*.c|*.h|*.hpp)
         die "$(basename "$patch") changes $path: a repacked official wheel cannot carry that (its compiled files and metadata are upstream's); use make build-cuda" ;;
     esac
