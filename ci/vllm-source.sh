@@ -4,6 +4,7 @@
 # With network: the upstream submodule at tag $VLLM_GIT_TAG (its commit must match $VLLM_GIT_COMMIT).
 # Without (GitHub unreachable): the registry's sdist of the same release (sha256-verified), imported as
 # one base commit with a fixed author and date, so the base commit id is the same on every machine.
+# shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 
 if [ -d "$VLLM_DIR/.git" ] || [ -f "$VLLM_DIR/.git" ]; then
