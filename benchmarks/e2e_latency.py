@@ -114,7 +114,7 @@ def measure(args) -> None:
             first.append(run(batch, 1))
             short.append(run(batch, 33))
             long.append(run(batch, 129))
-        itl = [(b - a) / 96 * 1e3 for a, b in zip(short, long)]
+        itl = [(b - a) / 96 * 1e3 for a, b in zip(short, long, strict=False)]
         for metric, values in (("itl_ms", itl), ("ttft_ms", [t * 1e3 for t in first])):
             row = {
                 "setting": args.setting,
@@ -182,7 +182,7 @@ def main() -> None:
                     out.write(line[len("RESULT ") :])
                     out.flush()
                     rows += 1
-                tail = (tail + [line])[-40:]
+                tail = [*tail, line][-40:]
         print(f"setting {setting}: {rows} rows, exit {proc.returncode}", flush=True)
         if proc.returncode:
             print("".join(tail), flush=True)

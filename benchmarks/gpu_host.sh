@@ -25,7 +25,8 @@ case "$step" in
   install)
     bash "$BIN/stage.sh" /nonexistent install
     export PYTHONPATH=/root/site
-    bash "$BIN/apply-patches.sh" $(sed 's|^|patches/|' patches/series)
+    mapfile -t series < <(sed 's|^|patches/|' patches/series)
+    bash "$BIN/apply-patches.sh" "${series[@]}"
     python3 -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__, torch.cuda.get_device_name())"
     ;;
   unit) python3 -m pytest -q -p no:cacheprovider "${1:-.gpu/tests}" 2>&1 | tee "$OUT/unit.log" | tail -n 15 ;;

@@ -31,7 +31,7 @@ from types import SimpleNamespace
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from tiny_deepseek import quantize_fp8_block  # noqa: E402
+from tiny_deepseek import quantize_fp8_block
 
 ENV = "VLLM_SHARED_EXPERT_FUSION_REPLICAS"
 DEVICE = "cuda"
@@ -218,9 +218,7 @@ def load_layer(layer, tensors: dict[str, torch.Tensor]) -> None:
                 params[name].weight_loader(params[name], weight)
             continue
         if name.startswith("shared_experts."):
-            items = shared_expert_slot_weights(
-                name, weight, slots, "shared_experts", "experts"
-            )
+            items = shared_expert_slot_weights(name, weight, slots, "shared_experts", "experts")
         elif name.startswith("experts."):
             items = [(name, weight)]
         else:
@@ -275,9 +273,7 @@ def reference(x, topk_weights, topk_ids, weights, config) -> torch.Tensor:
     def mlp(prefix, v):
         gate = v @ weights[f"{prefix}.gate_proj.weight"].T
         up = v @ weights[f"{prefix}.up_proj.weight"].T
-        return (torch.nn.functional.silu(gate) * up) @ weights[
-            f"{prefix}.down_proj.weight"
-        ].T
+        return (torch.nn.functional.silu(gate) * up) @ weights[f"{prefix}.down_proj.weight"].T
 
     x = x.float()
     out = mlp("shared_experts", x)
@@ -323,14 +319,11 @@ def check(args, setup: Setup) -> list[dict]:
                     "replicas": r,
                     "rel_err_stock": err_stock.item(),
                     "rel_err_fused": err.item(),
-                    "rel_diff_fused_stock": (
-                        (out - out_stock).norm() / ref.norm()
-                    ).item(),
+                    "rel_diff_fused_stock": ((out - out_stock).norm() / ref.norm()).item(),
                     "same_as_R1": bool(torch.equal(out, outs[min(outs)])),
                 }
                 row["ok"] = (
-                    row["rel_err_fused"] <= 1.5 * row["rel_err_stock"] + 1e-3
-                    and row["same_as_R1"]
+                    row["rel_err_fused"] <= 1.5 * row["rel_err_stock"] + 1e-3 and row["same_as_R1"]
                 )
                 print(json.dumps(row), flush=True)
                 rows.append(row)
@@ -359,9 +352,7 @@ def copy_bandwidth() -> float:
 
 def expert_bytes(tensors: dict[str, torch.Tensor], prefix: str) -> int:
     return sum(
-        t.numel() * t.element_size()
-        for n, t in tensors.items()
-        if n.startswith(prefix + ".")
+        t.numel() * t.element_size() for n, t in tensors.items() if n.startswith(prefix + ".")
     )
 
 
@@ -418,8 +409,7 @@ def bench(args, setup: Setup) -> list[dict]:
                 layer = build_layer(setup, config, dtype, replicas)
                 load_layer(layer, tensors)
                 times[variant] = {
-                    m: time_layer(setup, layer, inputs[m], args.iters)
-                    for m in args.tokens
+                    m: time_layer(setup, layer, inputs[m], args.iters) for m in args.tokens
                 }
                 del layer
                 torch.cuda.empty_cache()

@@ -33,9 +33,7 @@ def layer_rows() -> list[dict]:
     # routing equal the second run's, so that run's floor applies.
     fp8_floor = {
         r["batch"]: r["floor_us"]
-        for r in json.loads((RAW / "layer_bench_tp8_fp8_tuned.json").read_text())[
-            "rows"
-        ]
+        for r in json.loads((RAW / "layer_bench_tp8_fp8_tuned.json").read_text())["rows"]
     }
     rows = []
     sources = [
@@ -71,9 +69,7 @@ def layer_rows() -> list[dict]:
 
 
 def e2e_rows() -> list[dict]:
-    values: dict[tuple[str, int], dict[str, list[float]]] = defaultdict(
-        lambda: defaultdict(list)
-    )
+    values: dict[tuple[str, int], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for line in (RAW / "e2e_latency.jsonl").read_text().splitlines():
         r = json.loads(line)
         values[(r["metric"], r["batch"])][r["setting"]].extend(r["values"])
@@ -82,8 +78,7 @@ def e2e_rows() -> list[dict]:
         everything = [v for vs in by_setting.values() for v in vs]
         center = statistics.median(everything)
         kept = {
-            s: [v for v in vs if 0.5 * center <= v <= 2 * center]
-            for s, vs in by_setting.items()
+            s: [v for v in vs if 0.5 * center <= v <= 2 * center] for s, vs in by_setting.items()
         }
         stock, fused = statistics.median(kept["0"]), statistics.median(kept["1"])
         rows.append(
@@ -129,11 +124,9 @@ def plot(rows: list[dict], out: Path) -> None:
         pts = sorted(
             (r["batch"], r["ratio"])
             for r in rows
-            if r["scenario"] == scenario
-            and r["dtype"] == dtype
-            and r["metric"] == metric
+            if r["scenario"] == scenario and r["dtype"] == dtype and r["metric"] == metric
         )
-        ax.plot(*zip(*pts), marker="o", label=label)
+        ax.plot(*zip(*pts, strict=False), marker="o", label=label)
     ax.axhline(1.0, color="gray", lw=0.8)
     ax.axhline(0.9, color="gray", lw=0.8, ls="--")
     ax.set_xscale("log", base=2)
@@ -151,7 +144,7 @@ def plot(rows: list[dict], out: Path) -> None:
             for r in rows
             if r["scenario"] == "moe_layer" and r["dtype"] == dtype
         )
-        ax.plot(*zip(*pts), marker="o", label=f"fused MoE layer / HBM floor, {dtype}")
+        ax.plot(*zip(*pts, strict=False), marker="o", label=f"fused MoE layer / HBM floor, {dtype}")
     ax.axhline(1.3, color="gray", lw=0.8, ls="--")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch (tokens per step)")

@@ -34,7 +34,7 @@ def grid(dtype: str) -> list[dict]:
     large = itertools.product([32, 64], [64, 128], [128], [1, 16], [4], [3, 4])
     keys = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M")
     keys += ("num_warps", "num_stages")
-    configs = [dict(zip(keys, values)) for values in [*small, *large]]
+    configs = [dict(zip(keys, values, strict=False)) for values in [*small, *large]]
     if dtype == "bf16":
         configs += [dict(c, BLOCK_SIZE_K=64) for c in configs if c["BLOCK_SIZE_M"] > 16]
     return configs
@@ -45,9 +45,7 @@ def seed_file(routed_experts: int, n: int, dtype: str) -> dict[int, dict]:
     from vllm.model_executor.layers.fused_moe.fused_moe import get_moe_configs
 
     block = (128, 128) if dtype == "fp8" else (None, None)
-    found = get_moe_configs(
-        routed_experts, n, "fp8_w8a8" if dtype == "fp8" else None, *block
-    )
+    found = get_moe_configs(routed_experts, n, "fp8_w8a8" if dtype == "fp8" else None, *block)
     return dict(found or {})
 
 
@@ -64,10 +62,8 @@ class Problem:
             self.w1 = self.w1.to(torch.float8_e4m3fn)
             self.w2 = self.w2.to(torch.float8_e4m3fn)
             scales = dict(
-                w1_scale=torch.rand(experts, 2 * n // 128, hidden // 128, device="cuda")
-                * 1e-2,
-                w2_scale=torch.rand(experts, hidden // 128, n // 128, device="cuda")
-                * 1e-2,
+                w1_scale=torch.rand(experts, 2 * n // 128, hidden // 128, device="cuda") * 1e-2,
+                w2_scale=torch.rand(experts, hidden // 128, n // 128, device="cuda") * 1e-2,
             )
         self.quant_config = FusedMoEQuantConfig.make(
             quant_dtype=torch.float8_e4m3fn if dtype == "fp8" else None,
@@ -82,9 +78,7 @@ class Problem:
         n_shared = self.experts - self.routed
         scores = torch.rand(m, self.routed, generator=gen, device="cuda")
         ids = scores.topk(self.top_k - n_shared, dim=-1).indices.to(torch.int32)
-        shared = torch.arange(
-            self.routed, self.experts, device="cuda", dtype=torch.int32
-        )
+        shared = torch.arange(self.routed, self.experts, device="cuda", dtype=torch.int32)
         ids = torch.cat([ids, shared.expand(m, n_shared)], dim=1)
         weights = torch.rand(m, self.top_k, generator=gen, device="cuda")
         return weights, ids
@@ -95,16 +89,12 @@ class Problem:
         gen = torch.Generator(device="cuda").manual_seed(m)
         inputs = []
         for _ in range(self.graphs):
-            x = torch.randn(m, self.hidden, device="cuda", generator=gen).to(
-                torch.bfloat16
-            )
+            x = torch.randn(m, self.hidden, device="cuda", generator=gen).to(torch.bfloat16)
             inputs.append((x, *self.routing(m, gen)))
 
         def run(x, w, ids):
             with override_config(config):
-                return fused_experts(
-                    x, self.w1, self.w2, w, ids, quant_config=self.quant_config
-                )
+                return fused_experts(x, self.w1, self.w2, w, ids, quant_config=self.quant_config)
 
         graphs = []
         for args in inputs:
@@ -190,8 +180,7 @@ def main() -> None:
         json.dump({"triton_version": triton.__version__, **tuned}, f, indent=4)
         f.write("\n")
     seed_best = {
-        m: min((us for us, c in timings[m] if c in seeds), default=None)
-        for m in sorted(best)
+        m: min((us for us, c in timings[m] if c in seeds), default=None) for m in sorted(best)
     }
     report = {
         "file": name,

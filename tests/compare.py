@@ -39,7 +39,7 @@ def prompt_logprob_diff(a: dict, b: dict) -> PromptLogprobDiff:
     for sa, sb in zip(a["sequences"], b["sequences"], strict=True):
         assert sa["prompt"] == sb["prompt"], "runs used different prompts"
         for pos, (la, lb) in enumerate(
-            zip(sa["prompt_logprobs"], sb["prompt_logprobs"])
+            zip(sa["prompt_logprobs"], sb["prompt_logprobs"], strict=False)
         ):
             if la is None:
                 continue
@@ -72,6 +72,4 @@ def greedy_mismatches(a: dict, b: dict) -> list[str]:
 
 
 def greedy_identical(a: dict, b: dict) -> bool:
-    return [s["tokens"] for s in a["sequences"]] == [
-        s["tokens"] for s in b["sequences"]
-    ]
+    return [s["tokens"] for s in a["sequences"]] == [s["tokens"] for s in b["sequences"]]

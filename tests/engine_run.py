@@ -24,10 +24,7 @@ import traceback
 
 def make_prompts(seed: int, n: int, vocab: int) -> list[list[int]]:
     rng = random.Random(seed)
-    return [
-        [rng.randrange(2, vocab) for _ in range(rng.randrange(16, 48))]
-        for _ in range(n)
-    ]
+    return [[rng.randrange(2, vocab) for _ in range(rng.randrange(16, 48))] for _ in range(n)]
 
 
 def inspect_model(model, checkpoint_dir: str) -> list[dict]:
@@ -71,7 +68,6 @@ def _slots_equal_checkpoint(runner, ckpt: dict, prefix: str) -> list[list[bool]]
     rows then up rows in w13; CPU kernels prepack each expert.
     """
     import torch
-
     from vllm import _custom_ops as ops
 
     experts = runner.routed_experts
@@ -82,7 +78,7 @@ def _slots_equal_checkpoint(runner, ckpt: dict, prefix: str) -> list[list[bool]]
         gate = ckpt[f"{prefix}.gate_proj.{suffix}"].to(dtype).chunk(n)
         up = ckpt[f"{prefix}.up_proj.{suffix}"].to(dtype).chunk(n)
         down = ckpt[f"{prefix}.down_proj.{suffix}"].to(dtype).chunk(n, dim=1)
-        w13 = torch.stack([torch.cat([g, u]) for g, u in zip(gate, up)])
+        w13 = torch.stack([torch.cat([g, u]) for g, u in zip(gate, up, strict=False)])
         return w13.contiguous(), torch.stack(down).contiguous()
 
     w13, w2 = stacked("weight", experts.w13_weight.dtype)
@@ -110,9 +106,7 @@ def main() -> None:
     parser.add_argument("out_dir")
     parser.add_argument("models", nargs="+")
     parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument(
-        "--replicas", default="unset", help="the setting's raw value, or unset"
-    )
+    parser.add_argument("--replicas", default="unset", help="the setting's raw value, or unset")
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=12)
     parser.add_argument("--logprobs", type=int, default=5)
@@ -195,7 +189,7 @@ def run_model(llm_cls, model: str, args: argparse.Namespace) -> dict:
                 "tokens": list(out.outputs[0].token_ids),
                 "logprobs": [top(d) for d in out.outputs[0].logprobs],
             }
-            for prompt, out in zip(prompts, outputs)
+            for prompt, out in zip(prompts, outputs, strict=False)
         ],
     }
     if args.inspect:

@@ -62,9 +62,7 @@ def launch_runs(
             *args,
         ]
         with open(root / f"{name}.log", "w") as log:
-            subprocess.run(
-                cmd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout
-            )
+            subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
 
     order = sorted(specs, key=lambda n: -len(specs[n][0]))
     with ThreadPoolExecutor(lanes) as pool:

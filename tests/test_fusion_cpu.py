@@ -176,9 +176,7 @@ def test_structure(runs: Runs, model: str, replicas: str):
             continue
         assert layer["fusion"]["replicas"] == int(replicas)
         # CPU and CUDA scale the summed output by routed_scaling_factor.
-        assert layer["fusion"]["weight"] == pytest.approx(
-            1.0 / config["routed_scaling_factor"]
-        )
+        assert layer["fusion"]["weight"] == pytest.approx(1.0 / config["routed_scaling_factor"])
         copies = layer["slots_equal_checkpoint"]
         assert len(copies) == int(replicas)
         assert all(len(c) == config["n_shared_experts"] and all(c) for c in copies)
@@ -212,8 +210,7 @@ def _within_rounding(fused: dict, unfused: dict, reference: dict) -> tuple[bool,
     problems = greedy_mismatches(fused, unfused)
     checks = {
         "mean(fused-unfused) <= mean(unfused-fp32)": apart.mean <= noise.mean,
-        "p90(fused-unfused) <= p90(unfused-fp32)": apart.quantile(0.9)
-        <= noise.quantile(0.9),
+        "p90(fused-unfused) <= p90(unfused-fp32)": apart.quantile(0.9) <= noise.quantile(0.9),
         "mean(fused-fp32) within unfused's": fused_err.mean
         <= NOISE_RATIO * noise.mean + NOISE_SLACK,
         "p90(fused-fp32) within unfused's": fused_err.quantile(0.9)
@@ -287,13 +284,11 @@ def test_model_without_shared_experts_is_unchanged(runs: Runs):
     assert out["layers"] == stock["layers"]
     assert all(layer["fusion"] is None for layer in out["layers"])
     assert out["sequences"] == stock["sequences"]
-    assert f"{ENV}=1 has no effect: the model has no shared experts" in runs.log(
-        "bf16-1"
-    )
+    assert f"{ENV}=1 has no effect: the model has no shared experts" in runs.log("bf16-1")
 
 
 @pytest.mark.parametrize(
-    "run,model,message",
+    ("run", "model", "message"),
     [
         ("lora-1", "v3", f"{ENV}=1 is not supported for .*: LoRA is not supported"),
         (

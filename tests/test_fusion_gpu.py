@@ -25,9 +25,7 @@ from compare import greedy_mismatches, prompt_logprob_diff
 from fusion_harness import Runs, launch_runs
 from tiny_deepseek import make_config, write_checkpoint
 
-pytestmark = pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA GPU"
-)
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 GPU_SHAPES = dict(
     vocab_size=2048,

@@ -170,9 +170,7 @@ def _decoder_layer(gen: torch.Generator, config: dict, prefix: str, moe: bool):
     sigmoid = config["scoring_func"] == "sigmoid"
     t[f"{m}.gate.weight"] = _linear(gen, n_routed, h, gain=1.5 if sigmoid else 4.0)
     if config["topk_method"] == "noaux_tc":
-        t[f"{m}.gate.e_score_correction_bias"] = 0.05 * torch.randn(
-            n_routed, generator=gen
-        )
+        t[f"{m}.gate.e_score_correction_bias"] = 0.05 * torch.randn(n_routed, generator=gen)
     for e in range(n_routed):
         mlp(f"{m}.experts.{e}", config["moe_intermediate_size"])
     if config["n_shared_experts"]:
@@ -261,9 +259,7 @@ def write_checkpoint(
         tensors = quantize_fp8_block(tensors)
     keep = (torch.float8_e4m3fn,)
     tensors = {
-        k: v
-        if v.dtype in keep or k.endswith("_scale_inv")
-        else v.to(getattr(torch, dtype))
+        k: v if v.dtype in keep or k.endswith("_scale_inv") else v.to(getattr(torch, dtype))
         for k, v in tensors.items()
     }
     if fp8_block:
