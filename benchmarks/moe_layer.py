@@ -31,6 +31,7 @@ from types import SimpleNamespace
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from graph_timing import capture, replay_us
 from tiny_deepseek import quantize_fp8_block
 
 ENV = "VLLM_SHARED_EXPERT_FUSION_REPLICAS"
@@ -358,29 +359,10 @@ def expert_bytes(tensors: dict[str, torch.Tensor], prefix: str) -> int:
 
 def time_layer(setup, layer, inputs: list[torch.Tensor], iters: int) -> float:
     """Median microseconds per replay, round-robin over one graph per input."""
-    graphs = []
-    for x in inputs:
-        for _ in range(2):  # warm up: Triton compiles, workspace allocations
-            forward(setup, layer, x)
-        torch.cuda.synchronize()
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            forward(setup, layer, x)
-        graphs.append(g)
-    for g in graphs:
-        g.replay()
-    times = []
-    start, end = torch.cuda.Event(True), torch.cuda.Event(True)
-    for _ in range(5):
-        torch.cuda.synchronize()
-        start.record()
-        for i in range(iters):
-            graphs[i % len(graphs)].replay()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / iters)
+    graphs = capture(lambda x: forward(setup, layer, x), [(x,) for x in inputs], warmup=2)
+    us = replay_us(graphs, iters, reps=5)
     del graphs
-    return statistics.median(times)
+    return us
 
 
 def bench(args, setup: Setup) -> list[dict]:

@@ -21,10 +21,10 @@ import argparse
 import itertools
 import json
 import os
-import statistics
 import time
 
 import torch
+from graph_timing import capture, replay_us
 
 TOKENS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
 
@@ -96,25 +96,7 @@ class Problem:
             with override_config(config):
                 return fused_experts(x, self.w1, self.w2, w, ids, quant_config=self.quant_config)
 
-        graphs = []
-        for args in inputs:
-            run(*args)
-            torch.cuda.synchronize()
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
-                run(*args)
-            graphs.append(g)
-        start, end = torch.cuda.Event(True), torch.cuda.Event(True)
-        times = []
-        for _ in range(3):
-            torch.cuda.synchronize()
-            start.record()
-            for i in range(iters):
-                graphs[i % len(graphs)].replay()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) * 1e3 / iters)
-        return statistics.median(times)
+        return replay_us(capture(run, inputs), iters, reps=3)
 
 
 def main() -> None:
