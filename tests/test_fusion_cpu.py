@@ -37,6 +37,10 @@ from tiny_deepseek import ARCHS, make_config, write_checkpoint
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 ENV = "VLLM_SHARED_EXPERT_FUSION_REPLICAS"
+# The engine runs all start in the session fixture, inside the first test's
+# setup: give that setup room beyond pytest.ini's per-test timeout (each run
+# has its own 900 s limit; all of them take ~8 min on 2 idle cores).
+pytestmark = pytest.mark.timeout(3600)
 
 FP32_ATOL = 1e-4
 
