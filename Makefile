@@ -3,7 +3,7 @@
 #   make test     build, test venv, tests (ours + the in-tree ones of tests/intree-tests.txt)
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
-.PHONY: help apply refresh check build build-cuda venv test constraints clean
+.PHONY: help apply refresh check build build-cuda venv test constraints docker docker-source clean
 
 help:
 	@sed -n 's/^## //p' $(MAKEFILE_LIST)
@@ -16,7 +16,7 @@ apply:
 refresh:
 	ci/refresh.sh
 
-## make check        series applies, patch hygiene, whitespace, ruff (vLLM's and ours), shellcheck
+## make check        series applies, patch hygiene, whitespace, ruff (vLLM's and ours), shellcheck, hadolint
 check:
 	ci/check.sh
 
@@ -40,6 +40,19 @@ test: build venv
 ## make constraints  tests/constraints.txt from a working venv (REF_VENV=..., default .venv)
 constraints:
 	ci/constraints.sh $(REF_VENV)
+
+# Serving images (docker/README.md); need a docker engine with BuildKit, so not run in CI.
+# DOCKER_BUILD_ARGS: extra `docker build` arguments, e.g. --build-arg BASE_IMAGE=...@sha256:...
+DOCKER ?= docker
+DOCKER_IMAGE ?= vllm-sef:$(shell . ./patches/base.env && echo "$$VLLM_VERSION-$$LOCAL_VERSION")
+
+## make docker       image vllm-sef:0.32.0-sef1: official vLLM image + the patched wheel (docker/Dockerfile)
+docker:
+	$(DOCKER) build -f docker/Dockerfile -t $(DOCKER_IMAGE) $(DOCKER_BUILD_ARGS) .
+
+## make docker-source  image vllm-sef:0.32.0-sef1-source: vLLM built from the patched tree (docker/Dockerfile.source)
+docker-source:
+	$(DOCKER) build -f docker/Dockerfile.source -t $(DOCKER_IMAGE)-source $(DOCKER_BUILD_ARGS) .
 
 ## make clean        remove dist/, build/ and .venv/ (not vllm/, not the download cache)
 clean:

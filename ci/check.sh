@@ -6,7 +6,8 @@
 #   (d) vLLM's ruff, at the version its .pre-commit-config.yaml pins, with its pyproject.toml settings:
 #       `ruff check` and `ruff format --check` on every .py/.pyi file the series adds or changes;
 #   (e) patches/ is what `make refresh` would write (so apply + refresh is a byte-for-byte round trip);
-#   (f) ruff (ruff.toml) on our own Python, shellcheck on our shell scripts.
+#   (f) ruff (ruff.toml) on our own Python, shellcheck on our shell scripts;
+#   (g) hadolint on our Dockerfiles (ci/lint-docker.sh: docker/Dockerfile*, .hadolint.yaml).
 #   ci/check.sh
 # Runs every check it can, then exits 1 if any failed.
 # shellcheck source=lib.sh
@@ -26,6 +27,10 @@ fi
 mapfile -t own_sh < <(cd "$ROOT" && { git ls-files --cached --others --exclude-standard -- '*.sh'; echo .ci/run; } | sort -u)
 (cd "$ROOT" && "$tools_bin/shellcheck" -x "${own_sh[@]}") || fail f "shellcheck"
 phase_done "(f) our code"
+
+# (g) our Dockerfiles
+"$ROOT/ci/lint-docker.sh" || fail g "hadolint on $DOCKER_DIR (ci/lint-docker.sh)"
+phase_done "(g) hadolint"
 
 # (a) the series applies, in a throw-away tree
 mkdir -p "$BUILD_DIR"

