@@ -96,40 +96,40 @@ args+=("${extra[@]}")
 # same in both); one after the other unless PARALLEL=1.
 read -ra off_env <<< "$OFF_ENV"
 read -ra on_env <<< "$ON_ENV"
-run() {  # run NAME R [NAME=VALUE...]: one lm-eval run, its output in $out/NAME.log
+off_pid='' on_pid=''
+at_exit 'for p in $off_pid $on_pid; do kill "$p" 2>/dev/null; done'
+start() {  # start NAME R [NAME=VALUE...]: one lm-eval run in the background (pid in $pid)
   local name=$1 r=$2
   shift 2
   printf '%s\n' "$(printf '%q ' "$@" "VLLM_SHARED_EXPERT_FUSION_REPLICAS=$r" "$py" \
     tools/lm_eval_run.py "${args[@]}" --output_path "$out/$name")" > "$out/$name.cmd"
   log "run $name: $(cat "$out/$name.cmd")"
-  (cd "$ROOT" && env "$@" VLLM_SHARED_EXPERT_FUSION_REPLICAS="$r" "$py" tools/lm_eval_run.py \
-    "${args[@]}" --output_path "$out/$name") > "$out/$name.log" 2>&1
+  (cd "$ROOT" && exec env "$@" VLLM_SHARED_EXPERT_FUSION_REPLICAS="$r" "$py" \
+    tools/lm_eval_run.py "${args[@]}" --output_path "$out/$name") > "$out/$name.log" 2>&1 &
+  pid=$!
 }
-ran() {  # ran NAME R STATUS: stop if that run failed
-  [ "$3" = 0 ] || die "the $1 run (R=$2) failed with status $3; its output: $out/$1.log
+finish() {  # finish NAME R PID: wait for a run; stop if it failed
+  local status=0
+  wait "$3" || status=$?
+  [ "$status" = 0 ] || die "the $1 run (R=$2) failed with status $status; its output: $out/$1.log
 $(tail -n 30 "$out/$1.log")"
 }
-if [ "$PARALLEL" = 1 ]; then
-  at_exit 'kill $(jobs -p) 2>/dev/null'
-  run off 0 "${off_env[@]}" &
-  off_pid=$!
-  run on "$REPLICAS" "${on_env[@]}" &
-  on_pid=$!
-  off_status=0 on_status=0
-  wait "$off_pid" || off_status=$?
-  wait "$on_pid" || on_status=$?
-  ran off 0 "$off_status"
-  ran on "$REPLICAS" "$on_status"
-  phase_done "runs off (R=0) and on (R=$REPLICAS), at once"
-else
-  run_status=0
-  run off 0 "${off_env[@]}" || run_status=$?
-  ran off 0 "$run_status"
+start off 0 "${off_env[@]}"
+off_pid=$pid
+if [ "$PARALLEL" != 1 ]; then
+  finish off 0 "$off_pid"
+  off_pid=''
   phase_done "run off (R=0)"
-  run on "$REPLICAS" "${on_env[@]}" || run_status=$?
-  ran on "$REPLICAS" "$run_status"
-  phase_done "run on (R=$REPLICAS)"
 fi
+start on "$REPLICAS" "${on_env[@]}"
+on_pid=$pid
+if [ -n "$off_pid" ]; then
+  finish off 0 "$off_pid"
+  off_pid=''
+fi
+finish on "$REPLICAS" "$on_pid"
+on_pid=''
+phase_done "run on (R=$REPLICAS)$([ "$PARALLEL" != 1 ] || echo ', at the same time as run off')"
 
 status=0
 (cd "$ROOT" && "$py" tools/eval_compare.py "$out/off" "$out/on" "$out" --replicas "$REPLICAS" \

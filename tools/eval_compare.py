@@ -184,8 +184,10 @@ def sample_rows(off: Run, on: Run) -> tuple[list[dict], list[str]]:
                     row["answer_differs"] += 1
                     if len(row["examples"]) < EXAMPLES:
                         row["examples"].append({"doc_id": key[1], "off": ans_a, "on": ans_b})
-                metrics = [m for m in sa.get("metrics", []) if _binary(sa.get(m))]
-                if any(sa.get(m) != sb.get(m) for m in metrics):
+                if any(
+                    sa.get(m) != sb.get(m) and (_binary(sa.get(m)) or _binary(sb.get(m)))
+                    for m in sa.get("metrics", [])
+                ):
                     row["correctness_differs"] += 1
             rows.append(row)
     return rows, problems
