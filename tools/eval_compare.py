@@ -31,7 +31,8 @@ import statistics
 import sys
 from pathlib import Path
 
-FUSION_LINE = re.compile(r"Shared-expert fusion \(VLLM_SHARED_EXPERT_FUSION_REPLICAS=(\d+)\).*")
+SETTING = "VLLM_SHARED_EXPERT_FUSION_REPLICAS"
+FUSION_LINE = re.compile(rf"Shared-expert fusion \({SETTING}=(\d+)\).*")
 SAMPLES_FILE = re.compile(r"samples_(?P<task>.+)_(?P<date>\d{4}-\d{2}-\d{2}T[0-9.\-]+)\.jsonl")
 LOGLIKELIHOOD_TYPES = {"loglikelihood", "loglikelihood_rolling", "multiple_choice"}
 EXAMPLES = 5  # differing answers listed per task and filter in the markdown
@@ -202,10 +203,17 @@ def fusion_check(off_log: Path | None, on_log: Path | None, replicas: int) -> di
     on_ok = bool(on_lines) and all(
         FUSION_LINE.match(line).group(1) == str(replicas) for line in on_lines
     )
+    # Otherwise, what the fused run said about the setting (e.g. "... has no effect: the model
+    # has no shared experts"), if anything.
+    notes = [
+        line[line.index(SETTING) :]
+        for line in on_log.read_text(errors="replace").splitlines()
+        if SETTING in line and not FUSION_LINE.search(line)
+    ]
     return {
         "checked": True,
         "ok": on_ok and not off_lines,
-        "on_logged": on_lines[0] if on_lines else None,
+        "on_logged": on_lines[0] if on_lines else (notes[0] if notes else None),
         "off_logged": off_lines[0] if off_lines else None,
     }
 
