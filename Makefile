@@ -3,7 +3,7 @@
 #   make test     build, test venv, tests (ours + the in-tree ones of tests/intree-tests.txt)
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
-.PHONY: help apply refresh check build build-cuda venv test constraints docker docker-source clean
+.PHONY: help apply refresh check build build-cuda venv test eval constraints docker docker-source clean
 
 help:
 	@sed -n 's/^## //p' $(MAKEFILE_LIST)
@@ -36,6 +36,11 @@ venv: build
 ## make test         build + venv + tests
 test: build venv
 	ci/test.sh $(PYTEST_ARGS)
+
+## make eval         lm-eval twice, fusion off and on, side by side in results/eval/<run-id>/:
+##                   MODEL=... TASKS=gsm8k [TP=1] [REPLICAS=1] [LIMIT=] [FEWSHOT=] [EXTRA=...]
+eval:
+	ci/eval.sh
 
 ## make constraints  tests/constraints.txt from a working venv (REF_VENV=..., default .venv)
 constraints:
