@@ -47,7 +47,7 @@ find_file() {
       printf '%s %s\n' "$name" "$sha"
       return 0
     fi
-  done < <(grep -o '<a [^>]*>' "$page" || true)
+  done < <(grep -o '<a [^>]*>' "$page" | grep -F -- "-$version" || true)
 }
 
 index_page vllm

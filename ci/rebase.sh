@@ -206,7 +206,7 @@ fi
 phase_done "git am -3 of ${#patches[@]} patch(es)"
 
 # --- the refreshed series, committed on rebase/<port> unless HEAD already has it
-(PATCH_DIR=$out "$ROOT/ci/refresh.sh") || fail "refresh of the rebased series failed"
+(VLLM_DIR=$VLLM_DIR PATCH_DIR=$out "$ROOT/ci/refresh.sh") || fail "refresh of the rebased series failed"
 tmp_index=$work/index
 rgit() { git -C "$repo" "$@"; }
 GIT_INDEX_FILE=$tmp_index rgit read-tree HEAD
