@@ -33,8 +33,11 @@ done < <(find "$site_vllm" -name '*.so' -type f)
 log "hybrid: vLLM $VLLM_VERSION sources + the series over $n compiled libraries of $site_vllm"
 mapfile -t intree < <(sed -e 's/#.*//' -e 's/[[:space:]]*$//' -e '/^$/d' "$ROOT/tests/intree-tests.txt")
 [ "${#intree[@]}" -gt 0 ] || die "no in-tree tests listed in tests/intree-tests.txt"
+# pytest-timeout is in tests/requirements.txt; a venv made otherwise may lack it.
+timeout_arg=()
+"$VENV_DIR/bin/python" -c 'import pytest_timeout' 2>/dev/null && timeout_arg=(--timeout=900)
 (cd "$scratch/tree" && VLLM_TARGET_DEVICE=cpu PYTHONPATH=$scratch/site:$ROOT/ci \
   SEF_EXPECT_VLLM_DIR=$scratch/site/vllm SEF_EXPECT_SOURCE_VERSION=$VLLM_VERSION \
-  "$pytest" --import-mode=append -p pytest_intree -p no:cacheprovider --timeout=900 "${intree[@]}" "$@") \
+  "$pytest" --import-mode=append -p pytest_intree -p no:cacheprovider "${timeout_arg[@]}" "${intree[@]}" "$@") \
   || die "in-tree tests failed on the vLLM $VLLM_VERSION hybrid"
 phase_done "in-tree tests on the vLLM $VLLM_VERSION hybrid"

@@ -133,11 +133,13 @@ if [ "$kind" = release ]; then
   fi
   new_base=$("$ROOT/ci/base-repo.sh" "$out/base.env") || fail "could not import the vLLM $version base"
 else
+  # Fetched into a clone of the old base: what upstream shares with it is not sent again.
   new_base=$work/upstream
-  git init -q "$new_base"
+  git clone -q --shared --no-checkout "$("$ROOT/ci/base-repo.sh" "$start/base.env")" "$new_base" \
+    || fail "could not import the base of $start_rel"
   git -C "$new_base" fetch -q --depth 1 "$upstream" "$to" || fail "could not fetch $to from $upstream"
   commit=$(git -C "$new_base" rev-parse FETCH_HEAD)
-  git -C "$new_base" tag "$BASE_REF" "$commit"
+  git -C "$new_base" tag -f "$BASE_REF" "$commit" >/dev/null
   sed -e "s/^VLLM_VERSION=.*/VLLM_VERSION=$version/" -e "s|^VLLM_GIT_URL=.*|VLLM_GIT_URL=$upstream|" \
     -e "s/^VLLM_GIT_TAG=.*/VLLM_GIT_TAG=$to/" -e "s/^VLLM_GIT_COMMIT=.*/VLLM_GIT_COMMIT=$commit/" \
     -e '/^#/d' -e 's/^\(VLLM_\(SDIST\|CUDA_WHEEL\|CPU_WHEEL\)\(_SHA256\)\{0,1\}\)=.*/\1=/' \
