@@ -44,6 +44,8 @@ write_result() {
   printf 'STATUS=%s\nVALIDATED=%s\nTO=%s\nPORT=%s\nBRANCH=%s\n' \
     "$status" "$validated" "$to" "$port_rel" "$branch" > "$result"
 }
+# An exit without a result (a failed command, a die in a helper) still leaves one, and a report.
+at_exit '[ -f "$result" ] || { status=failed; write_result; [ -f "$report" ] || printf "# make rebase TO=%s failed\n\nSee the log of ci/rebase.sh.\n" "$to" > "$report"; }'
 # Any early exit is a failure with a report that says why.
 fail() {
   log "error: $*"
@@ -54,7 +56,7 @@ fail() {
 }
 
 # --- what TO is
-if [[ "$to" =~ ^v?[0-9]+(\.[0-9]+)*((a|b|rc)[0-9]+)?(\.post[0-9]+)?$ ]] && [[ "$to" != v* ]]; then
+if [[ "$to" =~ ^[0-9]+(\.[0-9]+)*((a|b|rc)[0-9]+)?(\.post[0-9]+)?$ ]]; then
   kind=release version=$to
   port_rel=ports/v$version
 else
