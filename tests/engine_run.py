@@ -20,6 +20,11 @@ import json
 import os
 import random
 import traceback
+from collections import Counter
+
+# Batch sizes (tokens) of the MoE calls that used the fused shared-expert
+# entries and of those that ran the separate shared-expert MLP (--count-paths).
+PATHS: dict[str, Counter] = {"fused": Counter(), "shared_mlp": Counter()}
 
 
 def make_prompts(seed: int, n: int, vocab: int) -> list[list[int]]:
@@ -51,6 +56,7 @@ def inspect_model(model, checkpoint_dir: str) -> list[dict]:
                 "num_shared_experts": fusion.num_shared_experts,
                 "replicas": fusion.replicas,
                 "weight": fusion.weight,
+                "max_tokens": getattr(fusion, "max_tokens", 0),
             },
         }
         if fusion is not None:
@@ -101,6 +107,32 @@ def _slots_equal_checkpoint(runner, ckpt: dict, prefix: str) -> list[list[bool]]
     ]
 
 
+def count_paths() -> None:
+    """Count, per batch size, the MoE calls that append the fused entries and
+    those that run the separate shared-expert MLP (engine in this process)."""
+    from vllm.model_executor.layers.fused_moe import shared_expert_fusion
+    from vllm.model_executor.layers.fused_moe.runner import shared_experts
+
+    fusion_cls = shared_expert_fusion.SharedExpertFusion
+    append = fusion_cls.append
+
+    def counted_append(self, topk_weights, topk_ids):
+        PATHS["fused"][topk_ids.size(0)] += 1
+        return append(self, topk_weights, topk_ids)
+
+    fusion_cls.append = counted_append
+    experts_cls = shared_experts.SharedExperts
+    forward = experts_cls.forward
+
+    def counted_forward(self, shared_experts_input, order):
+        ran = forward(self, shared_experts_input, order)
+        if self._output[self._output_idx] is not None:
+            PATHS["shared_mlp"][shared_experts_input.size(0)] += 1
+        return ran
+
+    experts_cls.forward = counted_forward
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
@@ -112,6 +144,15 @@ def main() -> None:
     parser.add_argument("--logprobs", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--inspect", action="store_true")
+    parser.add_argument(
+        "--fusion-max-tokens",
+        help="raw value of VLLM_SHARED_EXPERT_FUSION_MAX_TOKENS (default: unset)",
+    )
+    parser.add_argument(
+        "--count-paths",
+        action="store_true",
+        help="record the batch sizes of fused and separate shared-expert calls",
+    )
     parser.add_argument(
         "--engine-arg",
         action="append",
@@ -125,11 +166,15 @@ def main() -> None:
         os.environ.pop("VLLM_SHARED_EXPERT_FUSION_REPLICAS", None)
     else:
         os.environ["VLLM_SHARED_EXPERT_FUSION_REPLICAS"] = args.replicas
+    if args.fusion_max_tokens is not None:
+        os.environ["VLLM_SHARED_EXPERT_FUSION_MAX_TOKENS"] = args.fusion_max_tokens
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
     from vllm import LLM
 
+    if args.count_paths:
+        count_paths()
     os.makedirs(args.out_dir, exist_ok=True)
     for model in args.models:
         out = os.path.join(args.out_dir, os.path.basename(model.rstrip("/")) + ".json")
@@ -175,6 +220,8 @@ def run_model(llm_cls, model: str, args: argparse.Namespace) -> dict:
         logprobs=args.logprobs,
         ignore_eos=True,
     )
+    for counter in PATHS.values():
+        counter.clear()  # count generation only, not start-up's profiling run
     outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params)
 
     def top(d):  # {token id: logprob} of one position
@@ -192,6 +239,8 @@ def run_model(llm_cls, model: str, args: argparse.Namespace) -> dict:
             for prompt, out in zip(prompts, outputs, strict=False)
         ],
     }
+    if args.count_paths:
+        result["paths"] = {path: dict(sizes) for path, sizes in PATHS.items()}
     if args.inspect:
         result["layers"] = llm.apply_model(lambda m: inspect_model(m, model))[0]
         if llm.llm_engine.vllm_config.speculative_config is not None:

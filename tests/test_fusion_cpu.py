@@ -37,6 +37,7 @@ from tiny_deepseek import ARCHS, make_config, write_checkpoint
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 ENV = "VLLM_SHARED_EXPERT_FUSION_REPLICAS"
+MAX_TOKENS_ENV = "VLLM_SHARED_EXPERT_FUSION_MAX_TOKENS"
 # The engine runs all start in the session fixture, inside the first test's
 # setup: give that setup room beyond pytest.ini's per-test timeout (each run
 # has its own 900 s limit; all of them take ~8 min on 2 idle cores).
@@ -71,11 +72,20 @@ RUNS: dict[str, tuple[list[str], list[str]]] = {
     "fp16-1": (["v3", "v2"], ["--dtype", "float16", "--replicas", "1"]),
     "fp32-0-mtp": (["v3-mtp"], ["--dtype", "float32", "--replicas", "0"]),
     "fp32-1-mtp": (["v3-mtp"], ["--dtype", "float32", "--replicas", "1"]),
+    # VLLM_SHARED_EXPERT_FUSION_MAX_TOKENS=16: the prefills (over 16 tokens)
+    # run the separate shared MLP, the decode steps (8 tokens; 16 with MTP's
+    # verification) the fused slots.
+    "fp32-1-max16": (["v3", "v2-lite"], ["--dtype", "float32", "--replicas", "1"]),
+    "fp32-1-max16-mtp": (["v3-mtp"], ["--dtype", "float32", "--replicas", "1"]),
+    "fp32-0-max16": (["v3"], ["--dtype", "float32", "--replicas", "0"]),
     "lora-1": (["v3"], ["--replicas", "1", "--engine-arg", "enable_lora=true"]),
     "negative": (["v3"], ["--replicas", "-1"]),
     "not-an-integer": (["v3"], ["--replicas", "1.5"]),
+    "max-tokens-negative": (["v3"], ["--replicas", "1", "--fusion-max-tokens", "-2"]),
 }
-for _name in ("fp32-0-mtp", "fp32-1-mtp"):
+for _name in ("fp32-1-max16", "fp32-1-max16-mtp", "fp32-0-max16"):
+    RUNS[_name][1].extend(["--fusion-max-tokens", "16", "--count-paths", "--inspect"])
+for _name in ("fp32-0-mtp", "fp32-1-mtp", "fp32-1-max16-mtp"):
     RUNS[_name][1].extend(
         [
             "--inspect",
@@ -257,6 +267,61 @@ def test_mtp_layer_is_fused(runs: Runs):
     assert ok, detail
 
 
+def _prefill_and_decode_sizes(run: dict) -> tuple[set[int], set[int]]:
+    prompts = [len(seq["prompt"]) for seq in run["sequences"]]
+    return {sum(prompts)}, {len(prompts)}
+
+
+@pytest.mark.parametrize("model", ["v3", "v2-lite"])
+def test_max_tokens_fuses_small_batches_only(runs: Runs, model: str):
+    """VLLM_SHARED_EXPERT_FUSION_MAX_TOKENS=16: the layers hold the separate
+    shared MLP and the fused slots (both loaded from the checkpoint); the
+    prefill runs the MLP, every decode step the slots, and the results equal
+    the unfused run's."""
+    run, unfused = runs("fp32-1-max16", model), runs("fp32-0", model)
+    config = make_config(model)
+    n_moe = config["num_hidden_layers"] - config["first_k_dense_replace"]
+    assert len(run["layers"]) == n_moe
+    for layer in run["layers"]:
+        assert layer["has_shared_mlp"]
+        assert layer["num_slots"] == config["n_routed_experts"] + config["n_shared_experts"]
+        assert layer["fusion"]["max_tokens"] == 16
+        assert layer["slots_equal_checkpoint"] == [[True] * config["n_shared_experts"]]
+    prefill, decode = _prefill_and_decode_sizes(run)
+    paths = {
+        path: {int(n): calls for n, calls in sizes.items()} for path, sizes in run["paths"].items()
+    }
+    steps = len(run["sequences"][0]["tokens"]) - 1
+    assert paths["shared_mlp"] == {n: n_moe for n in prefill}
+    assert paths["fused"] == {n: n_moe * steps for n in decode}
+    # The prefill is stock vLLM's computation; the decode steps are fused.
+    assert prompt_logprob_diff(run, unfused).max == 0.0
+    ok, detail = _fp32_close(run, unfused)
+    assert ok, detail
+
+
+def test_max_tokens_with_mtp(runs: Runs):
+    run, unfused = runs("fp32-1-max16-mtp", "v3-mtp"), runs("fp32-0-mtp", "v3-mtp")
+    (layer,) = run["draft_layers"]
+    assert layer["has_shared_mlp"]
+    assert layer["slots_equal_checkpoint"] == [[True]]
+    assert run["paths"]["fused"]
+    assert run["paths"]["shared_mlp"]
+    assert all(int(n) <= 16 for n in run["paths"]["fused"])
+    assert all(int(n) > 16 for n in run["paths"]["shared_mlp"])
+    assert run["spec_decode"] == unfused["spec_decode"]
+    ok, detail = _fp32_close(run, unfused)
+    assert ok, detail
+
+
+def test_max_tokens_without_replicas_is_stock(runs: Runs):
+    run, stock = runs("fp32-0-max16", "v3"), runs("fp32-0", "v3")
+    assert all(layer["fusion"] is None for layer in run["layers"])
+    assert run["paths"]["fused"] == {}
+    assert run["sequences"] == stock["sequences"]
+    assert f"{MAX_TOKENS_ENV}=16 has no effect without {ENV} >= 1" in runs.log("fp32-0-max16")
+
+
 def test_model_without_shared_experts_is_unchanged(runs: Runs):
     out, stock = runs("bf16-1", "v3-noshared"), runs("bf16-0", "v3-noshared")
     assert "error" not in out, out.get("error")
@@ -277,6 +342,11 @@ def test_model_without_shared_experts_is_unchanged(runs: Runs):
         ),
         ("negative", "v3", f"Invalid value '-1' for {ENV}: expected a non-negative"),
         ("not-an-integer", "v3", f"Invalid value '1.5' for {ENV}"),
+        (
+            "max-tokens-negative",
+            "v3",
+            f"Invalid value '-2' for {MAX_TOKENS_ENV}: expected a non-negative",
+        ),
     ],
 )
 def test_refusals(runs: Runs, run: str, model: str, message: str):
