@@ -1,17 +1,23 @@
 """End-to-end decode ITL and prefill TTFT, stock vs fused shared experts.
 
-A DeepSeek-V3-shaped model at per-rank TP8 shapes (hidden 7168, 16 heads,
-MLA 1536/512/64/128, MoE intermediate 256, 256 routed + 1 shared expert,
-top-8 of 8 groups, FP8 block [128, 128]) with dummy weights, served by vLLM
-with torch.compile and CUDA graphs on one GPU. One engine per setting, each
-in its own process (the setting is read at start-up); settings alternate.
+A DeepSeek-V3-shaped model (hidden 7168, MLA 1536/512/64/128, 256 routed +
+1 shared expert, top-8 of 8 groups, FP8 block [128, 128]) with dummy
+weights, served by vLLM with torch.compile and CUDA graphs. By default at
+per-rank TP8 shapes on one GPU (--shard 8: 16 heads, MoE intermediate 256);
+--shard 1 --tp 2 is the full-width model split over two GPUs. One engine per
+setting, each in its own process (the setting is read at start-up).
 
-    python benchmarks/e2e_latency.py --settings 0 1 --out results.jsonl
+    python benchmarks/e2e_latency.py --settings 0 1 1:128 --out results.jsonl
 
-Per batch size B: ITL = (time of B requests generating 129 tokens - time of
-B requests generating 33 tokens) / 96, which cancels the prefill; TTFT = time
-of B requests generating 1 token. Prompts are 512 random tokens. Each is the
-median of --reps runs.
+A setting is VLLM_SHARED_EXPERT_FUSION_REPLICAS, optionally with
+:VLLM_SHARED_EXPERT_FUSION_MAX_TOKENS.
+
+Per batch size B, after a warm-up at that size: ITL from vLLM's request
+stats of B requests generating 65 tokens, (last_token_ts - first_token_ts) /
+64 averaged over the requests, which leaves the prefill out; TTFT = wall
+time of B requests generating 1 token, whose prefills run as one step.
+Prompts are 512 random tokens. Each
+is the median of --reps runs (all values are kept in the output rows).
 """
 
 from __future__ import annotations
@@ -29,19 +35,19 @@ from pathlib import Path
 BATCHES = [1, 4, 16, 64, 256]
 
 
-def write_config(out: Path, layers: int) -> Path:
+def write_config(out: Path, layers: int, shard: int = 8) -> Path:
     config = {
         "architectures": ["DeepseekV3ForCausalLM"],
         "model_type": "deepseek_v3",
-        "vocab_size": 129280 // 8,
+        "vocab_size": 129280 // shard,
         "hidden_size": 7168,
-        "intermediate_size": 18432 // 8,
-        "moe_intermediate_size": 2048 // 8,
+        "intermediate_size": 18432 // shard,
+        "moe_intermediate_size": 2048 // shard,
         "num_hidden_layers": layers,
         "first_k_dense_replace": 3,
         "moe_layer_freq": 1,
-        "num_attention_heads": 128 // 8,
-        "num_key_value_heads": 128 // 8,
+        "num_attention_heads": 128 // shard,
+        "num_key_value_heads": 128 // shard,
         "q_lora_rank": 1536,
         "kv_lora_rank": 512,
         "qk_rope_head_dim": 64,
@@ -90,9 +96,13 @@ def measure(args) -> None:
         skip_tokenizer_init=True,
         max_model_len=1024,
         max_num_seqs=max(args.batches),
+        # Every prefill in one step: the decode steps that ITL times are pure.
+        max_num_batched_tokens=max(max(args.batches) * args.input_len, 1024),
+        tensor_parallel_size=args.tp,
         gpu_memory_utilization=args.gpu_memory_utilization,
         compilation_config={"cudagraph_capture_sizes": sorted(set(args.batches))},
         seed=0,
+        disable_log_stats=False,  # request stats: first and last token times
     )
     startup = time.time() - began
     rng = random.Random(0)
@@ -101,23 +111,31 @@ def measure(args) -> None:
         for _ in range(max(args.batches))
     ]
 
-    def run(batch: int, tokens: int) -> float:
+    def run(batch: int, tokens: int) -> tuple[float, list]:
         params = SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True)
         start = time.perf_counter()
-        llm.generate(prompts[:batch], params, use_tqdm=False)
-        return time.perf_counter() - start
+        outputs = llm.generate(prompts[:batch], params, use_tqdm=False)
+        return time.perf_counter() - start, outputs
 
-    run(max(args.batches), 4)  # warm up every graph size once
+    def decode_ms_per_token(outputs: list) -> float:
+        per_request = [
+            (o.metrics.last_token_ts - o.metrics.first_token_ts)
+            / (o.metrics.num_generation_tokens - 1)
+            for o in outputs
+        ]
+        return statistics.fmean(per_request) * 1e3
+
     for batch in args.batches:
-        short, long, first = [], [], []
+        run(batch, 8)  # warm-up at this size
+        first, itl = [], []
         for _ in range(args.reps):
-            first.append(run(batch, 1))
-            short.append(run(batch, 33))
-            long.append(run(batch, 129))
-        itl = [(b - a) / 96 * 1e3 for a, b in zip(short, long, strict=False)]
-        for metric, values in (("itl_ms", itl), ("ttft_ms", [t * 1e3 for t in first])):
+            first.append(run(batch, 1)[0] * 1e3)
+            itl.append(decode_ms_per_token(run(batch, 65)[1]))
+        for metric, values in (("itl_ms", itl), ("ttft_ms", first)):
             row = {
                 "setting": args.setting,
+                "tp": args.tp,
+                "shard": args.shard,
                 "batch": batch,
                 "metric": metric,
                 "median": statistics.median(values),
@@ -133,8 +151,12 @@ def main() -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=BATCHES)
     parser.add_argument("--layers", type=int, default=61)
     parser.add_argument("--input-len", type=int, default=512)
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.92)
+    parser.add_argument("--tp", type=int, default=1, help="tensor-parallel size")
+    parser.add_argument(
+        "--shard", type=int, default=8, help="divide the model's widths as TP=SHARD would"
+    )
     parser.add_argument("--out", default="e2e_latency.jsonl")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -144,9 +166,16 @@ def main() -> None:
         measure(args)
         return
 
-    model = write_config(Path(tempfile.mkdtemp()) / "dsv3-tp8-rank", args.layers)
+    model = write_config(
+        Path(tempfile.mkdtemp()) / f"dsv3-shard{args.shard}", args.layers, args.shard
+    )
     for setting in args.settings:
-        env = dict(os.environ, VLLM_SHARED_EXPERT_FUSION_REPLICAS=setting)
+        replicas, _, max_tokens = setting.partition(":")
+        env = dict(
+            os.environ,
+            VLLM_SHARED_EXPERT_FUSION_REPLICAS=replicas,
+            VLLM_SHARED_EXPERT_FUSION_MAX_TOKENS=max_tokens or "0",
+        )
         cmd = [
             sys.executable,
             __file__,
@@ -163,6 +192,10 @@ def main() -> None:
             str(args.reps),
             "--gpu-memory-utilization",
             str(args.gpu_memory_utilization),
+            "--tp",
+            str(args.tp),
+            "--shard",
+            str(args.shard),
         ]
         tail: list[str] = []
         rows = 0
