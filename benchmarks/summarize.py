@@ -6,12 +6,13 @@ Writes benchmarks/results/summary.json (one row per scenario, dtype, TP
 equivalent, batch and metric: stock, fused, ratio = fused / stock) and the
 plots under docs/img/. docs/benchmarks.md quotes these files.
 
-End-to-end timings: each setting ran in two engine processes (in the order
-stock, fused, fused, stock) with two repetitions each. A value outside
-[0.5, 2] times the median of all values of its batch size and metric (both
-settings) is dropped as a stall of one of the runs it was computed from (an
-ITL is the difference of two timed runs, so one stall can even make it
-negative); every value, dropped or not, stays in the raw file.
+End-to-end timings (benchmarks/e2e_latency.py): ITL from vLLM's request
+stats, which leave the prefill out, TTFT as the wall time of a one-token
+generation; each engine process measures every batch size --reps times. A
+scenario's stock and fused values are the medians over all its runs' values
+(every value is kept in the row). raw/e2e_v1_difference_method.jsonl is the
+first session's run, whose ITL was a difference of two timed generations
+(prefill noise made some negative); it is kept, not summarized.
 """
 
 from __future__ import annotations
@@ -68,37 +69,51 @@ def layer_rows() -> list[dict]:
     return rows
 
 
+E2E_SCENARIOS = [
+    # scenario, TP equivalent, raw files, stock setting, fused setting
+    ("e2e_dsv3_tp8_rank_fp8", 8, ["e2e_tp8rank_a", "e2e_tp8rank_b"], "0", "1"),
+    (
+        "e2e_dsv3_tp8_rank_fp8_max_tokens_128",
+        8,
+        ["e2e_tp8rank_a", "e2e_tp8rank_b", "e2e_tp8rank_max128"],
+        "0",
+        "1:128",
+    ),
+    ("e2e_dsv3_tp2_full_16_layers_fp8", 2, ["e2e_tp2_full16"], "0", "1"),
+]
+
+
 def e2e_rows() -> list[dict]:
-    values: dict[tuple[str, int], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for line in (RAW / "e2e_latency.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        values[(r["metric"], r["batch"])][r["setting"]].extend(r["values"])
     rows = []
-    for (metric, batch), by_setting in sorted(values.items()):
-        everything = [v for vs in by_setting.values() for v in vs]
-        center = statistics.median(everything)
-        kept = {
-            s: [v for v in vs if 0.5 * center <= v <= 2 * center] for s, vs in by_setting.items()
-        }
-        stock, fused = statistics.median(kept["0"]), statistics.median(kept["1"])
-        rows.append(
-            {
-                "scenario": "e2e_dsv3_tp8_rank_fp8",
-                "dtype": "fp8",
-                "tp_equiv": 8,
-                "batch": batch,
-                "metric": metric,
-                "stock": round(stock, 3),
-                "fused": round(fused, 3),
-                "ratio": round(fused / stock, 3),
-                "stock_values": [round(v, 2) for v in by_setting["0"]],
-                "fused_values": [round(v, 2) for v in by_setting["1"]],
-                "dropped": sum(len(by_setting[s]) - len(kept[s]) for s in kept),
-                "gpu": GPU,
-                "vllm": VLLM,
-                "date": DATE,
-            }
+    for scenario, tp, files, stock_setting, fused_setting in E2E_SCENARIOS:
+        values: dict[tuple[str, int], dict[str, list[float]]] = defaultdict(
+            lambda: defaultdict(list)
         )
+        for name in files:
+            for line in (RAW / f"{name}.jsonl").read_text().splitlines():
+                r = json.loads(line)
+                values[(r["metric"], r["batch"])][r["setting"]].extend(r["values"])
+        for (metric, batch), by_setting in sorted(values.items()):
+            stock_values, fused_values = by_setting[stock_setting], by_setting[fused_setting]
+            stock, fused = statistics.median(stock_values), statistics.median(fused_values)
+            rows.append(
+                {
+                    "scenario": scenario,
+                    "dtype": "fp8",
+                    "tp_equiv": tp,
+                    "batch": batch,
+                    "metric": metric,
+                    "stock": round(stock, 3),
+                    "fused": round(fused, 3),
+                    "ratio": round(fused / stock, 3),
+                    "fused_setting": fused_setting,
+                    "stock_values": [round(v, 3) for v in stock_values],
+                    "fused_values": [round(v, 3) for v in fused_values],
+                    "gpu": GPU,
+                    "vllm": VLLM,
+                    "date": DATE,
+                }
+            )
     return rows
 
 
@@ -118,7 +133,13 @@ def plot(rows: list[dict], out: Path) -> None:
             "fp8",
             "MoE layer, FP8 block (default E=257 tiles)",
         ),
-        ("e2e_dsv3_tp8_rank_fp8", "fp8", "end-to-end decode ITL, FP8"),
+        ("e2e_dsv3_tp8_rank_fp8", "fp8", "end-to-end decode ITL, FP8, TP8 rank"),
+        (
+            "e2e_dsv3_tp8_rank_fp8_max_tokens_128",
+            "fp8",
+            "end-to-end decode ITL, FP8, TP8 rank, MAX_TOKENS=128",
+        ),
+        ("e2e_dsv3_tp2_full_16_layers_fp8", "fp8", "end-to-end decode ITL, FP8, TP=2 (2 GPUs)"),
     ]:
         metric = "itl_ms" if scenario.startswith("e2e") else "moe_us"
         pts = sorted(
@@ -132,7 +153,7 @@ def plot(rows: list[dict], out: Path) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch (tokens per step)")
     ax.set_ylabel("fused / stock time")
-    ax.set_title("H200, DeepSeek-V3 per-rank TP8 shapes")
+    ax.set_title("H200, DeepSeek-V3 shapes (per-rank TP8 unless noted)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "ratio_vs_batch.png", dpi=110)
