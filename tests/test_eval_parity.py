@@ -207,3 +207,18 @@ def test_comparison_catches_differences(evaluation: Path, tmp_path: Path):
     assert not check["ok"]
     check = eval_compare.fusion_check(evaluation / "off.log", evaluation / "on.log", 2)
     assert not check["ok"]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "Shared-expert fusion (VLLM_SHARED_EXPERT_FUSION_REPLICAS=2): 2 MoE layers hold",
+        "Shared-expert fusion (VLLM_SHARED_EXPERT_FUSION_REPLICAS=2, "
+        "VLLM_SHARED_EXPERT_FUSION_MAX_TOKENS=64): 2 MoE layers hold",
+    ],
+)
+def test_fusion_log_line_with_and_without_max_tokens(line: str):
+    match = eval_compare.FUSION_LINE.search(line)
+    assert match is not None
+    assert match.group(1) == "2"
+    assert eval_compare.FUSION_LINE.search(line.replace("=2", "=22", 1)).group(1) == "22"

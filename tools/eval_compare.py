@@ -32,7 +32,8 @@ import sys
 from pathlib import Path
 
 SETTING = "VLLM_SHARED_EXPERT_FUSION_REPLICAS"
-FUSION_LINE = re.compile(rf"Shared-expert fusion \({SETTING}=(\d+)\).*")
+# Start-up log of a fused model; with VLLM_SHARED_EXPERT_FUSION_MAX_TOKENS the setting follows R.
+FUSION_LINE = re.compile(rf"Shared-expert fusion \({SETTING}=(\d+)[,)].*")
 SAMPLES_FILE = re.compile(r"samples_(?P<task>.+)_(?P<date>\d{4}-\d{2}-\d{2}T[0-9.\-]+)\.jsonl")
 LOGLIKELIHOOD_TYPES = {"loglikelihood", "loglikelihood_rolling", "multiple_choice"}
 EXAMPLES = 5  # differing answers listed per task and filter in the markdown
