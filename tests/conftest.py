@@ -5,10 +5,14 @@ SEF_CACHE_DIR), so the user's vllm/, patches/ and dist/ are never touched. The p
 reused from the normal cache (no test downloads the 326 MB wheel again).
 """
 
+import contextlib
+import functools
+import http.server
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -179,3 +183,21 @@ def patch_copy(tmp_path: Path) -> Callable[[Path], Path]:
         return dest
 
     return make
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def serve_simple_index(www: Path) -> Iterator[str]:
+    """Serve the directory ``www`` over HTTP on 127.0.0.1; yields the URL of its simple/ index."""
+    handler = functools.partial(_QuietHandler, directory=str(www))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/simple"
+    finally:
+        server.shutdown()
+        server.server_close()

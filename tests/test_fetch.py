@@ -3,22 +3,14 @@
 The registry is a local PEP 503 index on 127.0.0.1 (PYPI_SIMPLE), the cache a temp SEF_CACHE_DIR.
 """
 
-import functools
 import hashlib
-import http.server
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import BASE, run_script
+from conftest import BASE, run_script, serve_simple_index
 
 SDIST = BASE["VLLM_SDIST"]
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
 
 
 @pytest.fixture
@@ -31,15 +23,8 @@ def index(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     (www / "simple" / "vllm" / "index.html").write_text(
         f'<html><body><a href="../../files/{SDIST}#sha256=0">{SDIST}</a></body></html>\n'
     )
-    handler = functools.partial(QuietHandler, directory=str(www))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/simple", www / "files" / SDIST
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_simple_index(www) as url:
+        yield url, www / "files" / SDIST
 
 
 @pytest.fixture(scope="module")

@@ -9,20 +9,17 @@ in-tree tests that ci/rebase.sh runs with a test venv (ci/port-test.sh) are skip
 (REBASE_TESTS=0): make test runs the in-tree tests, and they take minutes.
 """
 
-import functools
 import hashlib
-import http.server
 import io
 import os
 import shutil
 import subprocess
 import tarfile
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import BASE, ROOT, git, read_dir, run_script
+from conftest import BASE, ROOT, git, read_dir, run_script, serve_simple_index
 
 PORT = ROOT / "ports" / "v0.33.0"
 # A registry that does not answer (connection refused at once).
@@ -192,11 +189,6 @@ def test_rebase_commits_the_refreshed_port_on_a_branch(
     assert len(git(clone, "rev-list", "sef-base..sef").split()) == n
 
 
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 # The line the synthetic release changes: context of the first hunk of the series' first patch.
 CONTEXT = "    VLLM_SHARED_EXPERTS_STREAM_TOKEN_THRESHOLD: int = 256\n"
 
@@ -236,15 +228,8 @@ def synthetic_release(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
     (www / "simple" / "vllm" / "index.html").write_text(
         f'<a href="../../files/{name}#sha256={sha}">{name}</a><br/>\n'
     )
-    handler = functools.partial(QuietHandler, directory=str(www))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/simple", www / "files" / name
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_simple_index(www) as url:
+        yield url, www / "files" / name
 
 
 def test_conflict_fails_cleanly_with_a_report(
@@ -288,17 +273,10 @@ def test_index_sha256_is_the_trust_anchor(synthetic_release, tmp_path: Path) -> 
     good = page.read_text()
     sha = good.split("#sha256=")[1][:64]
     page.write_text(good.replace(sha, "0" * 64))
-    handler = functools.partial(QuietHandler, directory=str(www))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/simple"
+    with serve_simple_index(www) as url:
         env = {"PYPI_SIMPLE": url, "SEF_CACHE_DIR": str(tmp_path / "cache")}
         out = tmp_path / "base.env"
         proc = run_script("base-env.sh", "0.32.1", str(out), env=env, check=False)
-    finally:
-        server.shutdown()
-        server.server_close()
     assert proc.returncode == 1
     assert f"sha256 mismatch for {served.name}" in proc.stderr
     assert not out.exists()
