@@ -257,8 +257,15 @@ def test_conflict_fails_cleanly_with_a_report(
     assert "patch hunk: `@@ -306,6 +306,7 @@ if TYPE_CHECKING:`" in report
     assert "`git diff` hunk `@@@ -" in report
     assert CONTEXT.replace("256", "512").strip() in report
-    # only that patch conflicts; the report is also printed
-    assert report.count("## 0") == 1
+    # exactly the patches with that line in their context conflict; the report is also printed
+    expected = [
+        name
+        for name in series(ROOT / "patches")
+        if " " + CONTEXT in (ROOT / "patches" / name).read_text()
+    ]
+    assert expected[0] == first
+    reported = [line.split()[1] for line in report.splitlines() if line.startswith("## 0")]
+    assert reported == expected
     assert first in proc.stdout
     assert result(tmp_path)["STATUS"] == "conflict"
     assert_untouched(repo, head, tmp_path)
