@@ -1,15 +1,11 @@
 """The nightly rebase workflow: valid YAML that only calls make targets and ci/ scripts; and
 ci/latest-release.sh, against a local index."""
 
-import functools
-import http.server
 import re
-import threading
 from pathlib import Path
 
 import yaml
-from conftest import ROOT, run_script
-from test_rebase import QuietHandler
+from conftest import ROOT, run_script, serve_simple_index
 
 WORKFLOW = ROOT / ".github" / "workflows" / "nightly-rebase.yml"
 
@@ -72,13 +68,6 @@ def test_latest_release(tmp_path: Path) -> None:
             for name, extra in files
         )
     )
-    handler = functools.partial(QuietHandler, directory=str(tmp_path))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/simple"
+    with serve_simple_index(tmp_path) as url:
         proc = run_script("latest-release.sh", env={"PYPI_SIMPLE": url})
-    finally:
-        server.shutdown()
-        server.server_close()
     assert proc.stdout == "0.33.0\n"
