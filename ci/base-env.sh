@@ -14,8 +14,7 @@ version=${1:-}
 out=${2:-}
 local_version=${3:-sef1}
 [ -n "$version" ] && [ -n "$out" ] || die "usage: $0 VERSION OUT [LOCAL_VERSION]"
-# Same form as in ci/rebase.sh: digits and dots, optionally a pre/post-release suffix.
-[[ "$version" =~ ^[0-9]+(\.[0-9]+)*((a|b|rc)[0-9]+)?(\.post[0-9]+)?$ ]] || die "not a release version: $version"
+is_release_version "$version" || die "not a release version: $version"
 
 tmp=$(mktemp -d)
 at_exit 'rm -rf "$tmp"'

@@ -52,6 +52,9 @@ pip_noise_filter() {
   grep -v "^WARNING: Location 'file:.*' is ignored: it is neither a file nor a directory\.$" || true
 }
 
+# A vLLM release version (digits and dots, optionally a pre/post-release suffix), not a git ref.
+is_release_version() { [[ "$1" =~ ^[0-9]+(\.[0-9]+)*((a|b|rc)[0-9]+)?(\.post[0-9]+)?$ ]]; }
+
 # sha256 of a file, hex.
 sha256() { sha256sum "$1" | cut -d' ' -f1; }
 

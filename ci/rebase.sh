@@ -56,7 +56,7 @@ fail() {
 }
 
 # --- what TO is
-if [[ "$to" =~ ^[0-9]+(\.[0-9]+)*((a|b|rc)[0-9]+)?(\.post[0-9]+)?$ ]]; then
+if is_release_version "$to"; then
   kind=release version=$to
   port_rel=ports/v$version
 else
