@@ -9,7 +9,10 @@ the shared slot for every token), and writes the fastest per batch size as a
 vLLM config file: ``E=..,N=..,device_name=..[,dtype=fp8_w8a8,block_shape=[128,128]].json``.
 
 Candidates: every config of vLLM's own tuned file for the routed-only expert
-count (e.g. E=256), which is the natural starting point, plus a small grid.
+count (e.g. E=256), which is the natural starting point, plus a small grid;
+or, with ``--candidates-from FILE``, the configs of an already tuned file (e.g.
+E=257's for E=264 at the same N: the same GEMM shapes with more slots).
+With ``--replicas R`` token t uses shared copy t % R, as the fused router does.
 
     python benchmarks/tune_moe.py --experts 257 --top-k 9 --n 256 --dtype fp8 \\
         --out-dir vllm/vllm/model_executor/layers/fused_moe/configs
@@ -50,10 +53,13 @@ def seed_file(routed_experts: int, n: int, dtype: str) -> dict[int, dict]:
 
 
 class Problem:
-    def __init__(self, experts, routed, top_k, n, hidden, dtype, graphs):
+    def __init__(self, experts, routed, top_k, n, hidden, dtype, graphs, replicas):
         from vllm.model_executor.layers.fused_moe.config import FusedMoEQuantConfig
 
         self.experts, self.routed, self.top_k = experts, routed, top_k
+        self.replicas = replicas
+        if (experts - routed) % replicas:
+            raise SystemExit(f"--experts - --routed ({experts - routed}) % --replicas != 0")
         w_dtype = torch.bfloat16
         self.w1 = torch.randn(experts, 2 * n, hidden, device="cuda").to(w_dtype) * 0.02
         self.w2 = torch.randn(experts, hidden, n, device="cuda").to(w_dtype) * 0.02
@@ -74,12 +80,15 @@ class Problem:
         self.graphs = graphs
 
     def routing(self, m: int, gen: torch.Generator):
-        """top_k - n_shared routed experts at random, then the shared slots."""
-        n_shared = self.experts - self.routed
+        """top_k - n_shared routed experts at random, then token t's copy
+        (t % replicas) of the shared slots."""
+        n_shared = (self.experts - self.routed) // self.replicas
         scores = torch.rand(m, self.routed, generator=gen, device="cuda")
         ids = scores.topk(self.top_k - n_shared, dim=-1).indices.to(torch.int32)
-        shared = torch.arange(self.routed, self.experts, device="cuda", dtype=torch.int32)
-        ids = torch.cat([ids, shared.expand(m, n_shared)], dim=1)
+        copy = torch.arange(m, device="cuda", dtype=torch.int32) % self.replicas
+        first = self.routed + copy * n_shared
+        shared = first[:, None] + torch.arange(n_shared, device="cuda", dtype=torch.int32)
+        ids = torch.cat([ids, shared], dim=1)
         weights = torch.rand(m, self.top_k, generator=gen, device="cuda")
         return weights, ids
 
@@ -103,6 +112,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experts", type=int, required=True, help="slots, e.g. 257")
     parser.add_argument("--routed", type=int, default=256)
+    parser.add_argument("--replicas", type=int, default=1, help="shared copies")
+    parser.add_argument("--candidates-from", help="a tuned config file: its configs only")
     parser.add_argument("--top-k", type=int, required=True, help="incl. shared")
     parser.add_argument("--n", type=int, required=True, help="intermediate/rank")
     parser.add_argument("--hidden", type=int, default=7168)
@@ -126,11 +137,18 @@ def main() -> None:
         args.hidden,
         args.dtype,
         args.graphs,
+        args.replicas,
     )
     seeded = seed_file(args.routed, args.n, args.dtype)
     unique = {json.dumps(c, sort_keys=True) for c in seeded.values()}
     seeds = [json.loads(c) for c in sorted(unique)]
-    candidates = seeds + [c for c in grid(args.dtype) if c not in seeds]
+    if args.candidates_from:
+        with open(args.candidates_from) as f:
+            given = [c for k, c in json.load(f).items() if k != "triton_version"]
+        more = [json.loads(c) for c in sorted({json.dumps(c, sort_keys=True) for c in given})]
+    else:
+        more = grid(args.dtype)
+    candidates = seeds + [c for c in more if c not in seeds]
     print(f"{len(seeds)} seed configs, {len(candidates)} candidates", flush=True)
     best: dict[int, tuple[float, dict]] = {}
     timings: dict[int, list] = {m: [] for m in args.tokens}
