@@ -30,6 +30,7 @@ import torch
 from graph_timing import capture, replay_us
 
 TOKENS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+LARGER = [1024, 1536, 2048, 3072, 4096]  # the keys vLLM's own files have beyond 512
 
 
 def grid(dtype: str) -> list[dict]:
@@ -108,6 +109,23 @@ class Problem:
         return replay_us(capture(run, inputs), iters, reps=3)
 
 
+def with_untuned_sizes(tuned: dict[int, dict], seeded: dict[int, dict], shape) -> dict:
+    """The tuned configs plus batch sizes beyond them (prefill chunks): the
+    routed-only file's choice where vLLM has one, else the default tiles vLLM
+    uses without any file, so that untuned sizes run as they did before."""
+    from vllm.model_executor.layers.fused_moe.fused_moe import get_default_config
+
+    experts, n, hidden, top_k, dtype, block = shape
+    largest = max(tuned, default=0)
+    beyond = [m for m in (seeded or dict.fromkeys(LARGER)) if m > largest]
+    complete = dict(tuned)
+    for m in beyond:
+        complete[m] = seeded.get(m) or get_default_config(
+            m, experts, n, hidden, top_k, dtype, block
+        )
+    return {str(m): complete[m] for m in sorted(complete)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experts", type=int, required=True, help="slots, e.g. 257")
@@ -165,13 +183,10 @@ def main() -> None:
             timings[m].append((us, config))
             if m not in best or us < best[m][0]:
                 best[m] = (us, config)
-    tuned = {str(m): best[m][1] for m in sorted(best)}
-    # Batch sizes beyond the tuned ones keep the routed-only file's choice.
-    for m, config in seeded.items():
-        if m > max(best, default=0):
-            tuned[str(m)] = config
     dtype_str = "fp8_w8a8" if args.dtype == "fp8" else None
     block = [128, 128] if args.dtype == "fp8" else None
+    shape = (args.experts, args.n, args.hidden, args.top_k, dtype_str, block)
+    tuned = with_untuned_sizes({m: best[m][1] for m in best}, seeded, shape)
     name = get_config_file_name(args.experts, args.n, dtype_str, block)
     os.makedirs(args.out_dir, exist_ok=True)
     import triton

@@ -15,6 +15,7 @@ import csv
 import functools
 import hashlib
 import io
+import json
 import subprocess
 import zipfile
 from collections.abc import Callable
@@ -193,6 +194,34 @@ def test_dist_sha256sums() -> None:
         data = (ROOT / "dist" / PATCHED[flavour]).read_bytes()
         expected.append(f"{hashlib.sha256(data).hexdigest()}  {PATCHED[flavour]}")
     assert sums == expected
+
+
+# The H200 Triton configs that patch 0005 ships for the fused expert counts (V3/R1 with R=1 and
+# R=8) at the per-rank MoE intermediate sizes of TP 8, 4, 2, 1; tuned by benchmarks/tune_moe.py.
+CONFIG_DIR = "vllm/model_executor/layers/fused_moe/configs/"
+TUNED_SIZES = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 1536, 2048, 3072, 4096}
+POWERS_OF_TWO = {2**i for i in range(10)}
+TILE_KEYS = {"BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps"}
+
+
+@pytest.mark.parametrize("experts", [257, 264])
+@pytest.mark.parametrize("dtype", ["fp8", "bf16"])
+def test_dist_wheel_has_h200_configs_for_fused_experts(experts: int, dtype: str) -> None:
+    suffix = ",dtype=fp8_w8a8,block_shape=[128,128]" if dtype == "fp8" else ""
+    with zipfile.ZipFile(ROOT / "dist" / PATCHED["cuda"]) as zf:
+        for n in (256, 512, 1024, 2048):
+            name = f"{CONFIG_DIR}E={experts},N={n},device_name=NVIDIA_H200{suffix}.json"
+            assert name in zf.namelist(), f"{name} is missing from the wheel"
+            config = json.loads(zf.read(name))
+            assert isinstance(config.pop("triton_version"), str)
+            assert {int(m) for m in config} >= TUNED_SIZES, name
+            for m, tiles in config.items():
+                assert set(tiles) >= TILE_KEYS, (name, m)
+                for key in TILE_KEYS:
+                    assert tiles[key] in POWERS_OF_TWO, (name, m, key, tiles[key])
+                assert 1 <= tiles.get("num_stages", 2) <= 8, (name, m)
+                if dtype == "fp8":  # tiles within the [128, 128] quantization blocks' grid
+                    assert 128 % tiles["BLOCK_SIZE_N"] == 0, (name, m)
 
 
 # --- a real sample series (tests/conftest.py), built into a temp dist
