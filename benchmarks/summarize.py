@@ -24,7 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = ROOT / "benchmarks" / "results" / "raw"
-GPU, VLLM, DATE = "NVIDIA H200", "0.32.0", "2026-11-29"
+GPU, VLLM = "NVIDIA H200", "0.32.0"
+DAY1, DAY2 = "2026-11-29", "2026-11-30"  # the two GPU sessions
 
 
 def layer_rows() -> list[dict]:
@@ -37,17 +38,22 @@ def layer_rows() -> list[dict]:
         for r in json.loads((RAW / "layer_bench_tp8_fp8_tuned.json").read_text())["rows"]
     }
     rows = []
+    # "moe_layer": fused with the E=257 configs patch 5 ships, stock with vLLM's own files (it has
+    # none for E=256 in bf16 on H200, nor for FP8 at N=2048); "_default_tiles": no E=257 file.
     sources = [
-        ("layer_bench_tp8_default_tiles.json", {"bf16": "moe_layer", "fp8": None}),
-        ("layer_bench_tp8_fp8_tuned.json", {"fp8": "moe_layer"}),
-        ("layer_bench_tp8_default_tiles.json", {"fp8": "moe_layer_default_tiles"}),
+        ("layer_bench_tp8_fp8_tuned.json", {"fp8": "moe_layer"}, DAY1),
+        ("layer_bench_tp8_bf16_tuned.json", {"bf16": "moe_layer"}, DAY2),
+        ("layer_bench_tp1_fp8.json", {"fp8": "moe_layer"}, DAY2),
+        ("layer_bench_tp1_bf16.json", {"bf16": "moe_layer"}, DAY2),
+        ("layer_bench_tp8_default_tiles.json", {"bf16": "moe_layer_default_tiles"}, DAY1),
+        ("layer_bench_tp8_default_tiles.json", {"fp8": "moe_layer_default_tiles"}, DAY1),
     ]
-    for name, scenarios in sources:
+    for name, scenarios, date in sources:
         for r in json.loads((RAW / name).read_text())["rows"]:
             scenario = scenarios.get(r["dtype"])
             if scenario is None:
                 continue
-            if r["dtype"] == "fp8":
+            if name == "layer_bench_tp8_default_tiles.json" and r["dtype"] == "fp8":
                 r["floor_us"] = fp8_floor[r["batch"]]
             rows.append(
                 {
@@ -63,38 +69,76 @@ def layer_rows() -> list[dict]:
                     "fused_over_floor": round(r["fused"] / r["floor_us"], 3),
                     "gpu": GPU,
                     "vllm": VLLM,
-                    "date": DATE,
+                    "date": date,
                 }
             )
     return rows
 
 
 E2E_SCENARIOS = [
-    # scenario, TP equivalent, raw files, stock setting, fused setting
-    ("e2e_dsv3_tp8_rank_fp8", 8, ["e2e_tp8rank_a", "e2e_tp8rank_b"], "0", "1"),
+    # scenario, TP equivalent, date, (raw files, setting) of stock, then of fused
+    (
+        "e2e_dsv3_tp8_rank_fp8",
+        8,
+        DAY1,
+        (["e2e_tp8rank_a", "e2e_tp8rank_b"], "0"),
+        (["e2e_tp8rank_a", "e2e_tp8rank_b"], "1"),
+    ),
     (
         "e2e_dsv3_tp8_rank_fp8_max_tokens_128",
         8,
-        ["e2e_tp8rank_a", "e2e_tp8rank_b", "e2e_tp8rank_max128"],
-        "0",
-        "1:128",
+        DAY1,
+        (["e2e_tp8rank_a", "e2e_tp8rank_b"], "0"),
+        (["e2e_tp8rank_max128"], "1:128"),
     ),
-    ("e2e_dsv3_tp2_full_16_layers_fp8", 2, ["e2e_tp2_full16"], "0", "1"),
+    # Real TP=2 (N=1024 per rank). Stock with vLLM's files (none for E=256 at N=1024 on H200),
+    # fused with patch 5's tuned E=257 file; then stock with an E=256 file tuned the same way
+    # (tune_moe.py, not shipped), which is the fair comparison; and day 1's run with default
+    # tiles for both.
+    (
+        "e2e_dsv3_tp2_full_16_layers_fp8",
+        2,
+        DAY2,
+        (["e2e_tp2_tuned257"], "0"),
+        (["e2e_tp2_tuned257"], "1"),
+    ),
+    (
+        "e2e_dsv3_tp2_full_16_layers_fp8_stock_tuned",
+        2,
+        DAY2,
+        (["e2e_tp2_stock_tuned256"], "0"),
+        (["e2e_tp2_tuned257"], "1"),
+    ),
+    (
+        "e2e_dsv3_tp2_full_16_layers_fp8_default_tiles",
+        2,
+        DAY1,
+        (["e2e_tp2_full16"], "0"),
+        (["e2e_tp2_full16"], "1"),
+    ),
 ]
+
+
+def e2e_values(files: list[str], setting: str) -> dict[tuple[str, int], list[float]]:
+    values: dict[tuple[str, int], list[float]] = defaultdict(list)
+    for name in files:
+        for line in (RAW / f"{name}.jsonl").read_text().splitlines():
+            r = json.loads(line)
+            if r["setting"] == setting:
+                values[(r["metric"], r["batch"])].extend(r["values"])
+    return values
 
 
 def e2e_rows() -> list[dict]:
     rows = []
-    for scenario, tp, files, stock_setting, fused_setting in E2E_SCENARIOS:
-        values: dict[tuple[str, int], dict[str, list[float]]] = defaultdict(
-            lambda: defaultdict(list)
-        )
-        for name in files:
-            for line in (RAW / f"{name}.jsonl").read_text().splitlines():
-                r = json.loads(line)
-                values[(r["metric"], r["batch"])][r["setting"]].extend(r["values"])
-        for (metric, batch), by_setting in sorted(values.items()):
-            stock_values, fused_values = by_setting[stock_setting], by_setting[fused_setting]
+    for scenario, tp, date, (stock_files, stock_setting), (
+        fused_files,
+        fused_setting,
+    ) in E2E_SCENARIOS:
+        stock_by_key = e2e_values(stock_files, stock_setting)
+        fused_by_key = e2e_values(fused_files, fused_setting)
+        for key in sorted(stock_by_key):
+            (metric, batch), stock_values, fused_values = key, stock_by_key[key], fused_by_key[key]
             stock, fused = statistics.median(stock_values), statistics.median(fused_values)
             rows.append(
                 {
@@ -111,10 +155,33 @@ def e2e_rows() -> list[dict]:
                     "fused_values": [round(v, 3) for v in fused_values],
                     "gpu": GPU,
                     "vllm": VLLM,
-                    "date": DATE,
+                    "date": date,
                 }
             )
     return rows
+
+
+RATIO_LINES = [
+    # scenario, dtype, TP equivalent, label
+    ("moe_layer", "fp8", 8, "MoE layer, FP8 block, TP8 rank (tuned E=257)"),
+    ("moe_layer", "bf16", 8, "MoE layer, bf16, TP8 rank (tuned E=257)"),
+    ("moe_layer", "fp8", 1, "MoE layer, FP8 block, TP1 (tuned E=257)"),
+    ("moe_layer", "bf16", 1, "MoE layer, bf16, TP1 (tuned E=257)"),
+    ("e2e_dsv3_tp8_rank_fp8", "fp8", 8, "end-to-end decode ITL, FP8, TP8 rank"),
+    (
+        "e2e_dsv3_tp8_rank_fp8_max_tokens_128",
+        "fp8",
+        8,
+        "end-to-end decode ITL, FP8, TP8 rank, MAX_TOKENS=128",
+    ),
+    ("e2e_dsv3_tp2_full_16_layers_fp8", "fp8", 2, "end-to-end decode ITL, FP8, TP=2 (2 GPUs)"),
+    (
+        "e2e_dsv3_tp2_full_16_layers_fp8_stock_tuned",
+        "fp8",
+        2,
+        "end-to-end decode ITL, FP8, TP=2, stock with a tuned E=256 file",
+    ),
+]
 
 
 def plot(rows: list[dict], out: Path) -> None:
@@ -124,48 +191,36 @@ def plot(rows: list[dict], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for scenario, dtype, label in [
-        ("moe_layer", "bf16", "MoE layer, bf16 (default tiles both)"),
-        ("moe_layer", "fp8", "MoE layer, FP8 block (tuned E=257)"),
-        (
-            "moe_layer_default_tiles",
-            "fp8",
-            "MoE layer, FP8 block (default E=257 tiles)",
-        ),
-        ("e2e_dsv3_tp8_rank_fp8", "fp8", "end-to-end decode ITL, FP8, TP8 rank"),
-        (
-            "e2e_dsv3_tp8_rank_fp8_max_tokens_128",
-            "fp8",
-            "end-to-end decode ITL, FP8, TP8 rank, MAX_TOKENS=128",
-        ),
-        ("e2e_dsv3_tp2_full_16_layers_fp8", "fp8", "end-to-end decode ITL, FP8, TP=2 (2 GPUs)"),
-    ]:
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    for scenario, dtype, tp, label in RATIO_LINES:
         metric = "itl_ms" if scenario.startswith("e2e") else "moe_us"
         pts = sorted(
             (r["batch"], r["ratio"])
             for r in rows
-            if r["scenario"] == scenario and r["dtype"] == dtype and r["metric"] == metric
+            if (r["scenario"], r["dtype"], r["tp_equiv"], r["metric"])
+            == (scenario, dtype, tp, metric)
         )
-        ax.plot(*zip(*pts, strict=False), marker="o", label=label)
+        style = "-" if scenario.startswith("e2e") else ":"
+        ax.plot(*zip(*pts, strict=False), marker="o", ls=style, label=label)
     ax.axhline(1.0, color="gray", lw=0.8)
     ax.axhline(0.9, color="gray", lw=0.8, ls="--")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch (tokens per step)")
     ax.set_ylabel("fused / stock time")
-    ax.set_title("H200, DeepSeek-V3 shapes (per-rank TP8 unless noted)")
-    ax.legend(fontsize=8)
+    ax.set_title("H200, DeepSeek-V3 shapes")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(out / "ratio_vs_batch.png", dpi=110)
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for dtype in ("bf16", "fp8"):
+    for dtype, tp in (("bf16", 8), ("fp8", 8), ("bf16", 1), ("fp8", 1)):
         pts = sorted(
             (r["batch"], r["fused_over_floor"])
             for r in rows
-            if r["scenario"] == "moe_layer" and r["dtype"] == dtype
+            if (r["scenario"], r["dtype"], r["tp_equiv"]) == ("moe_layer", dtype, tp)
         )
-        ax.plot(*zip(*pts, strict=False), marker="o", label=f"fused MoE layer / HBM floor, {dtype}")
+        label = f"fused MoE layer / HBM floor, {dtype}, TP{tp}"
+        ax.plot(*zip(*pts, strict=False), marker="o", label=label)
     ax.axhline(1.3, color="gray", lw=0.8, ls="--")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch (tokens per step)")
