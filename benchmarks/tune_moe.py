@@ -120,9 +120,9 @@ def with_untuned_sizes(tuned: dict[int, dict], seeded: dict[int, dict], shape) -
     beyond = [m for m in (seeded or dict.fromkeys(LARGER)) if m > largest]
     complete = dict(tuned)
     for m in beyond:
-        complete[m] = seeded.get(m) or get_default_config(
-            m, experts, n, hidden, top_k, dtype, block
-        )
+        default = get_default_config(m, experts, n, hidden, top_k, dtype, block)
+        default.pop("SPLIT_K", None)  # not a config file key: the kernel sets it
+        complete[m] = seeded.get(m) or default
     return {str(m): complete[m] for m in sorted(complete)}
 
 
