@@ -1,0 +1,69 @@
+"""The committed benchmark results and the CPU-side logic of the GPU benchmark scripts.
+
+benchmarks/results/summary.json must be exactly what benchmarks/summarize.py computes from the raw
+files beside it, in the row format issue 4 asks for; tune_moe.py's completion of a tuned config
+file must keep the tuned sizes and fill larger ones as documented.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import summarize
+import tune_moe
+
+ROW_KEYS = {"scenario", "dtype", "tp_equiv", "batch", "metric", "stock", "fused", "ratio"}
+ROW_KEYS |= {"gpu", "vllm", "date"}
+
+
+def test_summary_is_computed_from_the_raw_results() -> None:
+    committed = json.loads((ROOT / "benchmarks" / "results" / "summary.json").read_text())
+    assert committed == summarize.layer_rows() + summarize.e2e_rows()
+
+
+def test_summary_rows_have_the_agreed_format() -> None:
+    rows = json.loads((ROOT / "benchmarks" / "results" / "summary.json").read_text())
+    for row in rows:
+        assert set(row) >= ROW_KEYS, row
+        assert row["metric"] in {"itl_ms", "ttft_ms", "moe_us"}
+        assert row["ratio"] == pytest.approx(row["fused"] / row["stock"], abs=2e-3)
+    scenarios = {(r["scenario"], r["dtype"], r["tp_equiv"]) for r in rows}
+    # The layer at TP8 and TP1 shapes in both dtypes; end to end at TP8 rank shapes and TP=2.
+    for dtype in ("bf16", "fp8"):
+        for tp in (8, 1):
+            assert ("moe_layer", dtype, tp) in scenarios
+    assert ("e2e_dsv3_tp8_rank_fp8", "fp8", 8) in scenarios
+    assert ("e2e_dsv3_tp2_full_16_layers_fp8_stock_tuned", "fp8", 2) in scenarios
+
+
+FP8 = (257, 1024, 7168, 9, "fp8_w8a8", [128, 128])
+BF16 = (257, 1024, 7168, 9, None, None)
+
+
+def test_untuned_sizes_keep_the_routed_only_files_choice() -> None:
+    tuned = {m: {"BLOCK_SIZE_M": 16} for m in (1, 2, 512)}
+    seeded = {256: {"BLOCK_SIZE_M": 32}, 1024: {"BLOCK_SIZE_M": 64}, 4096: {"BLOCK_SIZE_M": 128}}
+    out = tune_moe.with_untuned_sizes(tuned, seeded, FP8)
+    assert list(out) == ["1", "2", "512", "1024", "4096"]
+    assert out["512"] == {"BLOCK_SIZE_M": 16}
+    assert out["4096"] == {"BLOCK_SIZE_M": 128}
+
+
+@pytest.mark.parametrize("shape", [FP8, BF16], ids=["fp8", "bf16"])
+def test_untuned_sizes_without_a_seed_get_vllms_default_tiles(shape) -> None:
+    from vllm.model_executor.layers.fused_moe.fused_moe import get_default_config
+
+    tuned = {m: {"BLOCK_SIZE_M": 16} for m in tune_moe.TOKENS}
+    out = tune_moe.with_untuned_sizes(tuned, {}, shape)
+    assert [int(m) for m in out] == tune_moe.TOKENS + tune_moe.LARGER
+    experts, n, hidden, top_k, dtype, block = shape
+    for m in tune_moe.LARGER:
+        default = get_default_config(m, experts, n, hidden, top_k, dtype, block)
+        assert "SPLIT_K" not in out[str(m)]
+        assert out[str(m)] == {k: v for k, v in default.items() if k != "SPLIT_K"}
