@@ -131,14 +131,10 @@ def e2e_values(files: list[str], setting: str) -> dict[tuple[str, int], list[flo
 
 def e2e_rows() -> list[dict]:
     rows = []
-    for scenario, tp, date, (stock_files, stock_setting), (
-        fused_files,
-        fused_setting,
-    ) in E2E_SCENARIOS:
-        stock_by_key = e2e_values(stock_files, stock_setting)
-        fused_by_key = e2e_values(fused_files, fused_setting)
-        for key in sorted(stock_by_key):
-            (metric, batch), stock_values, fused_values = key, stock_by_key[key], fused_by_key[key]
+    for scenario, tp, date, stock_side, fused_side in E2E_SCENARIOS:
+        fused_by_key = e2e_values(*fused_side)
+        for (metric, batch), stock_values in sorted(e2e_values(*stock_side).items()):
+            fused_values = fused_by_key[(metric, batch)]
             stock, fused = statistics.median(stock_values), statistics.median(fused_values)
             rows.append(
                 {
@@ -150,7 +146,7 @@ def e2e_rows() -> list[dict]:
                     "stock": round(stock, 3),
                     "fused": round(fused, 3),
                     "ratio": round(fused / stock, 3),
-                    "fused_setting": fused_setting,
+                    "fused_setting": fused_side[1],
                     "stock_values": [round(v, 3) for v in stock_values],
                     "fused_values": [round(v, 3) for v in fused_values],
                     "gpu": GPU,

@@ -44,6 +44,11 @@ def grid(dtype: str) -> list[dict]:
     return configs
 
 
+def unique(configs) -> list[dict]:
+    """The distinct configs, in a stable order."""
+    return [json.loads(c) for c in sorted({json.dumps(c, sort_keys=True) for c in configs})]
+
+
 def seed_file(routed_experts: int, n: int, dtype: str) -> dict[int, dict]:
     """vLLM's tuned configs for the routed-only expert count, by batch size."""
     from vllm.model_executor.layers.fused_moe.fused_moe import get_moe_configs
@@ -117,12 +122,14 @@ def with_untuned_sizes(tuned: dict[int, dict], seeded: dict[int, dict], shape) -
 
     experts, n, hidden, top_k, dtype, block = shape
     largest = max(tuned, default=0)
-    beyond = [m for m in (seeded or dict.fromkeys(LARGER)) if m > largest]
     complete = dict(tuned)
-    for m in beyond:
-        default = get_default_config(m, experts, n, hidden, top_k, dtype, block)
-        default.pop("SPLIT_K", None)  # not a config file key: the kernel sets it
-        complete[m] = seeded.get(m) or default
+    if seeded:
+        complete |= {m: config for m, config in seeded.items() if m > largest}
+    else:
+        for m in (m for m in LARGER if m > largest):
+            default = get_default_config(m, experts, n, hidden, top_k, dtype, block)
+            default.pop("SPLIT_K", None)  # not a config file key: the kernel sets it
+            complete[m] = default
     return {str(m): complete[m] for m in sorted(complete)}
 
 
@@ -158,12 +165,10 @@ def main() -> None:
         args.replicas,
     )
     seeded = seed_file(args.routed, args.n, args.dtype)
-    unique = {json.dumps(c, sort_keys=True) for c in seeded.values()}
-    seeds = [json.loads(c) for c in sorted(unique)]
+    seeds = unique(seeded.values())
     if args.candidates_from:
         with open(args.candidates_from) as f:
-            given = [c for k, c in json.load(f).items() if k != "triton_version"]
-        more = [json.loads(c) for c in sorted({json.dumps(c, sort_keys=True) for c in given})]
+            more = unique(c for k, c in json.load(f).items() if k != "triton_version")
     else:
         more = grid(args.dtype)
     candidates = seeds + [c for c in more if c not in seeds]
