@@ -4,13 +4,16 @@
 # this series. On a machine where `pip install dist/vllm-*.whl` works, skip stage/install
 # and run the other steps with the patched wheel installed.
 #   benchmarks/gpu_host.sh stage DIR       copy the pieces in DIR to /root/stage
-#   benchmarks/gpu_host.sh install         unpack vLLM + deps into /root/site, apply patches/
+#   benchmarks/gpu_host.sh install         unpack vLLM + deps into /root/site, apply patches/;
+#                                          /root/stock-site: the same site with unpatched vLLM
 #   benchmarks/gpu_host.sh unit            vLLM's in-tree fusion tests on CUDA
 #   benchmarks/gpu_host.sh check           layer-level numerics vs an fp32 reference
 #   benchmarks/gpu_host.sh equiv           end-to-end fused vs unfused engines (pytest)
 #   benchmarks/gpu_host.sh bench [ARGS]    layer benchmark (benchmarks/moe_layer.py bench)
+#   benchmarks/gpu_host.sh profile [ARGS]  per-kernel tables (benchmarks/moe_layer.py profile)
 #   benchmarks/gpu_host.sh tune [ARGS]     Triton tile tuning (benchmarks/tune_moe.py)
-#   benchmarks/gpu_host.sh e2e [ARGS]      ITL/TTFT (benchmarks/e2e_latency.py)
+#   benchmarks/gpu_host.sh probe [ARGS]    distinct experts per step (benchmarks/e2e.py --probe)
+#   benchmarks/gpu_host.sh e2e [ARGS]      ITL/TTFT/throughput, stock/off/fused (benchmarks/e2e.py)
 # Results go to $OUT (default ./gpu-out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +30,11 @@ case "$step" in
     export PYTHONPATH=/root/site
     mapfile -t series < <(sed 's|^|patches/|' patches/series)
     bash "$BIN/apply-patches.sh" "${series[@]}"
+    rm -rf /root/stock-site && mkdir -p /root/stock-site
+    for f in /root/site/*; do
+      [ "$(basename "$f")" = vllm ] || ln -s "$f" /root/stock-site/
+    done
+    ln -s /root/stage/vllm.pristine /root/stock-site/vllm
     python3 -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__, torch.cuda.get_device_name())"
     ;;
   unit) python3 -m pytest -q -p no:cacheprovider "${1:-.gpu/tests}" 2>&1 | tee "$OUT/unit.log" | tail -n 15 ;;
@@ -35,7 +43,9 @@ case "$step" in
     python3 -m pytest -q -s -p no:cacheprovider tests/test_fusion_gpu.py --basetemp=/root/equiv "$@" \
       2>&1 | tee "$OUT/equiv.log" | grep -E "prompt logprobs|passed|failed|Error" ;;
   bench) python3 benchmarks/moe_layer.py bench --out "$OUT/layer_bench.json" "$@" ;;
+  profile) python3 benchmarks/moe_layer.py profile --out "$OUT/layer_profile.json" "$@" ;;
   tune) python3 benchmarks/tune_moe.py --out-dir "$OUT" "$@" ;;
-  e2e) python3 benchmarks/e2e_latency.py --out "$OUT/e2e.jsonl" "$@" ;;
+  probe) python3 benchmarks/e2e.py --probe --variants stock,site=/root/stock-site --out "$OUT/probe.jsonl" "$@" ;;
+  e2e) python3 benchmarks/e2e.py --out "$OUT/e2e.jsonl" "$@" ;;
   *) echo "unknown step $step" >&2; exit 2 ;;
 esac

@@ -1,19 +1,23 @@
 """The full DeepSeek MoE layer, stock vs fused shared experts, on one GPU.
 
 Builds vLLM's own ``DeepseekV2MoE`` twice from the same random weights, loaded
-through vLLM's expert weight loader (the fused layer's shared slots through
-``shared_expert_slot_weights``): stock (separate shared MLP, on the
+through vLLM's expert weight loader the way DeepseekV2Model.load_weights does
+(the fused layer's shared expert split into its slots by
+``maybe_fuse_shared_experts``): stock (separate shared MLP, on the
 shared-experts CUDA stream) and fused (VLLM_SHARED_EXPERT_FUSION_REPLICAS=R).
 
     python benchmarks/moe_layer.py check [--dtype bf16 fp8] [--replicas 1 2]
     python benchmarks/moe_layer.py bench [--dtype bf16 fp8] [--tp 8 1] --out F.json
+    python benchmarks/moe_layer.py profile [--dtype fp8] [--tokens 1 16 256] --out F.json
 
 ``check`` compares both layers with an fp32 reference computed from the same
 (dequantized) weights and routing: the fused layer must be as close to it as
 the stock layer is. ``bench`` times CUDA-graph replays of the whole layer
 (gate GEMM, routing, experts, shared expert) for M tokens and prints the HBM
 floor: the bytes of the expert weights the batch actually reads over the
-measured device copy bandwidth.
+measured device copy bandwidth. ``profile`` prints each variant's per-kernel
+table (torch.profiler over eager calls: device time and launches per layer
+call) beside its CUDA-graph replay time.
 """
 
 from __future__ import annotations
@@ -180,7 +184,6 @@ def build_layer(setup: Setup, config, dtype: str, replicas: int):
             quant_config,
             prefix=setup.next_prefix(),
             apply_routed_scale_to_output=True,
-            allow_shared_expert_fusion=True,
         )
     assert (layer.shared_experts is None) == (replicas > 0)
     return layer
@@ -191,25 +194,25 @@ def load_layer(layer, tensors: dict[str, torch.Tensor]) -> None:
     from vllm.model_executor.layers.fused_moe import (
         fused_moe_make_expert_params_mapping,
     )
-    from vllm.model_executor.layers.fused_moe.shared_expert_fusion import (
-        shared_expert_slot_weights,
-    )
     from vllm.model_executor.layers.quantization.base_config import (
         QuantizeMethodBase,
     )
+    from vllm.model_executor.models.utils import maybe_fuse_shared_experts
 
-    slots = layer.shared_expert_slots
+    fused = layer.is_fused_shared_expert_enabled
+    n_shared = layer.n_shared_experts
+    # The loaders fill the first copy's slots; the weight loader the others.
     mapping = fused_moe_make_expert_params_mapping(
         layer,
         "gate_proj",
         "down_proj",
         "up_proj",
-        num_experts=layer.n_routed_experts + (slots.num_slots if slots else 0),
+        num_experts=layer.n_routed_experts + (n_shared if fused else 0),
     )
     params = dict(layer.named_parameters())
     stacked = {"gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1)}
     for name, weight in tensors.items():
-        if name.startswith("shared_experts.") and slots is None:
+        if name.startswith("shared_experts.") and not fused:
             proj = name.split(".")[1]
             if proj in stacked:
                 target, shard = stacked[proj]
@@ -219,7 +222,15 @@ def load_layer(layer, tensors: dict[str, torch.Tensor]) -> None:
                 params[name].weight_loader(params[name], weight)
             continue
         if name.startswith("shared_experts."):
-            items = shared_expert_slot_weights(name, weight, slots, "shared_experts", "experts")
+            items = [
+                (n.removeprefix("mlp."), w)
+                for n, w in maybe_fuse_shared_experts(
+                    [("mlp." + name, weight)],
+                    n_routed_experts=layer.n_routed_experts,
+                    n_shared_experts=n_shared,
+                    enabled=True,
+                )
+            ]
         elif name.startswith("experts."):
             items = [(name, weight)]
         else:
@@ -426,9 +437,74 @@ def bench(args, setup: Setup) -> list[dict]:
     return rows
 
 
+def _kernel_table(prof, calls: int) -> list[dict]:
+    """Per-kernel device time (us per layer call) and launches from a profile."""
+    table: dict[str, dict] = {}
+    for event in prof.events():
+        if event.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        us = getattr(event, "device_time_total", None)
+        if us is None:
+            us = event.cuda_time_total
+        row = table.setdefault(event.name, {"kernel": event.name[:90], "us": 0.0, "n": 0})
+        row["us"] += us / calls
+        row["n"] += 1
+    for row in table.values():
+        row["launches"] = row.pop("n") / calls
+    return sorted(table.values(), key=lambda r: -r["us"])
+
+
+def profile(args, setup: Setup) -> list[dict]:
+    """Per-kernel tables of both variants (torch.profiler, eager calls) beside
+    the CUDA-graph replay time of the same layer and batch."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    rows = []
+    config = make_config(setup, tp=8)
+    calls = 20
+    for dtype in args.dtype:
+        tensors = make_weights(config, dtype)
+        for variant, replicas in (("stock", 0), ("fused", 1)):
+            layer = build_layer(setup, config, dtype, replicas)
+            load_layer(layer, tensors)
+            for m in args.tokens:
+                x = torch.randn(m, config.hidden_size, device=DEVICE).to(torch.bfloat16)
+                graph_us = time_layer(setup, layer, [x], args.iters)
+                for _ in range(3):
+                    forward(setup, layer, x)
+                torch.cuda.synchronize()
+                with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+                    for _ in range(calls):
+                        forward(setup, layer, x)
+                    torch.cuda.synchronize()
+                kernels = _kernel_table(prof, calls)
+                row = {
+                    "scenario": "moe_layer_profile",
+                    "dtype": dtype,
+                    "variant": variant,
+                    "batch": m,
+                    "graph_us": graph_us,
+                    "kernel_sum_us": sum(k["us"] for k in kernels),
+                    "launches": sum(k["launches"] for k in kernels),
+                    "kernels": kernels,
+                }
+                rows.append(row)
+                print(
+                    f"{dtype} {variant:5} M={m:4}: graph {graph_us:7.1f} us, kernels "
+                    f"{row['kernel_sum_us']:7.1f} us in {row['launches']:.0f} launches",
+                    flush=True,
+                )
+                for k in kernels:
+                    print(f"    {k['us']:7.2f} us x{k['launches']:.0f}  {k['kernel']}")
+            del layer
+            torch.cuda.empty_cache()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["check", "bench"])
+    parser.add_argument("mode", choices=["check", "bench", "profile"])
     parser.add_argument("--dtype", nargs="+", default=["bf16", "fp8"])
     parser.add_argument("--tp", nargs="+", type=int, default=[8, 1])
     parser.add_argument("--replicas", nargs="+", type=int, default=[1, 2])
@@ -443,7 +519,7 @@ def main() -> None:
     DEVICE = args.device
     torch.manual_seed(0)
     setup = Setup(args.device, args.tiny)
-    rows = check(args, setup) if args.mode == "check" else bench(args, setup)
+    rows = {"check": check, "bench": bench, "profile": profile}[args.mode](args, setup)
     info = {
         "gpu": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu",
         "torch": torch.__version__,

@@ -10,7 +10,8 @@ Writes OUT_DIR/<model dir name>.json with the prompts, prompt logprobs,
 greedy continuations with their top logprobs, and the structure of every MoE
 layer of the loaded model (separate shared MLP or not, expert slots, and
 whether every fused slot holds exactly the checkpoint's shared expert). If an
-engine fails to start, its JSON holds the error message instead.
+engine fails to start or to run, its JSON holds the error message instead
+(and the process goes on with the next checkpoint).
 """
 
 from __future__ import annotations
@@ -20,11 +21,6 @@ import json
 import os
 import random
 import traceback
-from collections import Counter
-
-# Batch sizes (tokens) of the MoE calls that used the fused shared-expert
-# entries and of those that ran the separate shared-expert MLP (--count-paths).
-PATHS: dict[str, Counter] = {"fused": Counter(), "shared_mlp": Counter()}
 
 
 def make_prompts(seed: int, n: int, vocab: int) -> list[list[int]]:
@@ -42,24 +38,22 @@ def inspect_model(model, checkpoint_dir: str) -> list[dict]:
         runner = getattr(module, "experts", None)
         if not hasattr(runner, "routed_experts"):
             continue
-        experts = runner.routed_experts
-        fusion = getattr(runner.router, "shared_expert_fusion", None)
+        router = runner.router
+        n_fused = getattr(router, "num_fused_shared_experts", 0)
         info = {
             "name": name,
             "has_shared_mlp": getattr(module, "shared_experts", None) is not None,
-            "num_slots": int(experts.w13_weight.shape[0]),
-            "top_k_per_token": int(runner.moe_config.experts_per_token),
-            "fusion": None
-            if fusion is None
-            else {
-                "num_routed_experts": fusion.num_routed_experts,
-                "num_shared_experts": fusion.num_shared_experts,
-                "replicas": fusion.replicas,
-                "weight": fusion.weight,
-                "max_tokens": getattr(fusion, "max_tokens", 0),
-            },
+            "num_slots": int(runner.routed_experts.w13_weight.shape[0]),
+            "num_fused_shared_experts": n_fused,
+            "fusion": None,
         }
-        if fusion is not None:
+        if n_fused:
+            info["fusion"] = {
+                "replicas": router.fused_shared_expert_replicas,
+                "shared_expert_weight": router.shared_expert_weight,
+                "router_scaling_factor": getattr(router, "routed_scaling_factor", 1.0),
+                "runner_scaling_factor": runner.routed_scaling_factor,
+            }
             info["slots_equal_checkpoint"] = _slots_equal_checkpoint(
                 runner, ckpt, name.replace(".mtp_block", "") + ".shared_experts"
             )
@@ -70,6 +64,7 @@ def inspect_model(model, checkpoint_dir: str) -> list[dict]:
 def _slots_equal_checkpoint(runner, ckpt: dict, prefix: str) -> list[list[bool]]:
     """Does every fused slot hold its chunk of the checkpoint's shared expert?
 
+    Copy r of the n shared experts sits in slots n_routed + r * n + j.
     Compares weights (and FP8 block scales) as the kernels store them: gate
     rows then up rows in w13; CPU kernels prepack each expert.
     """
@@ -77,8 +72,9 @@ def _slots_equal_checkpoint(runner, ckpt: dict, prefix: str) -> list[list[bool]]
     from vllm import _custom_ops as ops
 
     experts = runner.routed_experts
-    fusion = runner.router.shared_expert_fusion
-    n = fusion.num_shared_experts
+    router = runner.router
+    n, replicas = router.num_fused_shared_experts, router.fused_shared_expert_replicas
+    n_routed = experts.w13_weight.shape[0] - n * replicas
 
     def stacked(suffix: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         gate = ckpt[f"{prefix}.gate_proj.{suffix}"].to(dtype).chunk(n)
@@ -100,37 +96,11 @@ def _slots_equal_checkpoint(runner, ckpt: dict, prefix: str) -> list[list[bool]]
         ]
     return [
         [
-            all(bool(torch.equal(p[slot].cpu(), w[j])) for p, w in pairs)
-            for j, slot in enumerate(fusion.slot_ids(r))
+            all(bool(torch.equal(p[n_routed + r * n + j].cpu(), w[j])) for p, w in pairs)
+            for j in range(n)
         ]
-        for r in range(fusion.replicas)
+        for r in range(replicas)
     ]
-
-
-def count_paths() -> None:
-    """Count, per batch size, the MoE calls that append the fused entries and
-    those that run the separate shared-expert MLP (engine in this process)."""
-    from vllm.model_executor.layers.fused_moe import shared_expert_fusion
-    from vllm.model_executor.layers.fused_moe.runner import shared_experts
-
-    fusion_cls = shared_expert_fusion.SharedExpertFusion
-    append = fusion_cls.append
-
-    def counted_append(self, topk_weights, topk_ids):
-        PATHS["fused"][topk_ids.size(0)] += 1
-        return append(self, topk_weights, topk_ids)
-
-    fusion_cls.append = counted_append
-    experts_cls = shared_experts.SharedExperts
-    forward = experts_cls.forward
-
-    def counted_forward(self, shared_experts_input, order):
-        ran = forward(self, shared_experts_input, order)
-        if self._output[self._output_idx] is not None:
-            PATHS["shared_mlp"][shared_experts_input.size(0)] += 1
-        return ran
-
-    experts_cls.forward = counted_forward
 
 
 def main() -> None:
@@ -145,15 +115,6 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--inspect", action="store_true")
     parser.add_argument(
-        "--fusion-max-tokens",
-        help="raw value of VLLM_SHARED_EXPERT_FUSION_MAX_TOKENS (default: unset)",
-    )
-    parser.add_argument(
-        "--count-paths",
-        action="store_true",
-        help="record the batch sizes of fused and separate shared-expert calls",
-    )
-    parser.add_argument(
         "--engine-arg",
         action="append",
         default=[],
@@ -166,15 +127,11 @@ def main() -> None:
         os.environ.pop("VLLM_SHARED_EXPERT_FUSION_REPLICAS", None)
     else:
         os.environ["VLLM_SHARED_EXPERT_FUSION_REPLICAS"] = args.replicas
-    if args.fusion_max_tokens is not None:
-        os.environ["VLLM_SHARED_EXPERT_FUSION_MAX_TOKENS"] = args.fusion_max_tokens
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
     from vllm import LLM
 
-    if args.count_paths:
-        count_paths()
     os.makedirs(args.out_dir, exist_ok=True)
     for model in args.models:
         out = os.path.join(args.out_dir, os.path.basename(model.rstrip("/")) + ".json")
@@ -186,8 +143,8 @@ def run_model(llm_cls, model: str, args: argparse.Namespace) -> dict:
     """Start an engine on ``model``, generate, inspect, and shut it down."""
     import gc
 
-    from vllm import SamplingParams
     from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+    from vllm.platforms import current_platform
 
     engine_args = {
         "model": model,
@@ -199,6 +156,10 @@ def run_model(llm_cls, model: str, args: argparse.Namespace) -> dict:
         "max_num_seqs": 16,
         "seed": 0,
     }
+    if current_platform.is_cpu():
+        # The same attention kernels on every CPU: vLLM picks AMX_MLA where
+        # the CPU has AMX, and that backend does not run fp32.
+        engine_args["attention_backend"] = "CPU_MLA"
     for item in args.engine_arg:
         key, _, value = item.partition("=")
         engine_args[key] = json.loads(value)
@@ -208,7 +169,21 @@ def run_model(llm_cls, model: str, args: argparse.Namespace) -> dict:
     except Exception as exc:
         traceback.print_exc()
         cleanup_dist_env_and_memory()
-        return {"error": f"{type(exc).__name__}: {exc}"}
+        return {"error": f"{type(exc).__name__}: {exc}", "phase": "start"}
+    try:
+        return _generate_and_inspect(llm, model, args, engine_args)
+    except Exception as exc:
+        # Reported as this model's error; the process goes on with the next.
+        traceback.print_exc()
+        return {"error": f"{type(exc).__name__}: {exc}", "phase": "run"}
+    finally:
+        del llm
+        gc.collect()
+        cleanup_dist_env_and_memory()
+
+
+def _generate_and_inspect(llm, model: str, args: argparse.Namespace, engine_args) -> dict:
+    from vllm import SamplingParams
 
     with open(os.path.join(model, "config.json")) as f:
         vocab = json.load(f)["vocab_size"]
@@ -220,8 +195,6 @@ def run_model(llm_cls, model: str, args: argparse.Namespace) -> dict:
         logprobs=args.logprobs,
         ignore_eos=True,
     )
-    for counter in PATHS.values():
-        counter.clear()  # count generation only, not start-up's profiling run
     outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params)
 
     def top(d):  # {token id: logprob} of one position
@@ -239,8 +212,6 @@ def run_model(llm_cls, model: str, args: argparse.Namespace) -> dict:
             for prompt, out in zip(prompts, outputs, strict=False)
         ],
     }
-    if args.count_paths:
-        result["paths"] = {path: dict(sizes) for path, sizes in PATHS.items()}
     if args.inspect:
         result["layers"] = llm.apply_model(lambda m: inspect_model(m, model))[0]
         if llm.llm_engine.vllm_config.speculative_config is not None:
@@ -253,9 +224,6 @@ def run_model(llm_cls, model: str, args: argparse.Namespace) -> dict:
             for m in llm.get_metrics()
             if m.name.startswith("vllm:spec_decode_num_") and hasattr(m, "value")
         }
-    del llm
-    gc.collect()
-    cleanup_dist_env_and_memory()
     return result
 
 

@@ -37,7 +37,6 @@ from tiny_deepseek import ARCHS, make_config, write_checkpoint
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 ENV = "VLLM_SHARED_EXPERT_FUSION_REPLICAS"
-MAX_TOKENS_ENV = "VLLM_SHARED_EXPERT_FUSION_MAX_TOKENS"
 # The engine runs all start in the session fixture, inside the first test's
 # setup: give that setup room beyond pytest.ini's per-test timeout (each run
 # has its own 900 s limit; all of them take ~8 min on 2 idle cores).
@@ -45,47 +44,36 @@ pytestmark = pytest.mark.timeout(3600)
 
 FP32_ATOL = 1e-4
 
-MODELS = ["v3", "v2-lite", "v2", "k2"]
+MODELS = ["v3", "v2-lite", "v2", "k2", "glm4-moe"]
 FUSED_REPLICAS = ["1", "2", "4"]
+NO_SHARED = ["v3-zero", "v3-null"]
 MTP_SPEC = json.dumps({"method": "mtp", "num_speculative_tokens": 1})
 
 # One engine process per entry: (settings, models, engine_run.py arguments).
 RUNS: dict[str, tuple[list[str], list[str]]] = {
-    "fp32-0": (
-        [*MODELS, "v3-perturbed"],
-        ["--dtype", "float32", "--replicas", "0"],
-    ),
+    "fp32-0": ([*MODELS, "v3-perturbed"], ["--dtype", "float32", "--replicas", "0"]),
     "fp32-1": (MODELS, ["--dtype", "float32", "--replicas", "1"]),
     "bf16-unset": (MODELS, ["--dtype", "bfloat16", "--replicas", "unset"]),
     "stock-unset": (MODELS, ["--dtype", "bfloat16", "--replicas", "unset"]),
     "bf16-0": (
-        [*MODELS, "v3-perturbed", "v3-noshared"],
+        [*MODELS, "v3-perturbed", *NO_SHARED],
         ["--dtype", "bfloat16", "--replicas", "0", "--inspect"],
     ),
     "bf16-1": (
-        [*MODELS, "v3-noshared", "v3-fp8-per-tensor"],
+        [*MODELS, *NO_SHARED, "v3-fp8-per-tensor"],
         ["--dtype", "bfloat16", "--replicas", "1", "--inspect"],
     ),
     "bf16-2": (MODELS, ["--dtype", "bfloat16", "--replicas", "2", "--inspect"]),
     "bf16-4": (MODELS, ["--dtype", "bfloat16", "--replicas", "4", "--inspect"]),
     "fp16-0": (["v3", "v2"], ["--dtype", "float16", "--replicas", "0"]),
-    "fp16-1": (["v3", "v2"], ["--dtype", "float16", "--replicas", "1"]),
+    "fp16-1": (["v3", "v2"], ["--dtype", "float16", "--replicas", "1", "--inspect"]),
     "fp32-0-mtp": (["v3-mtp"], ["--dtype", "float32", "--replicas", "0"]),
     "fp32-1-mtp": (["v3-mtp"], ["--dtype", "float32", "--replicas", "1"]),
-    # VLLM_SHARED_EXPERT_FUSION_MAX_TOKENS=16: the prefills (over 16 tokens)
-    # run the separate shared MLP, the decode steps (8 tokens; 16 with MTP's
-    # verification) the fused slots.
-    "fp32-1-max16": (["v3", "v2-lite"], ["--dtype", "float32", "--replicas", "1"]),
-    "fp32-1-max16-mtp": (["v3-mtp"], ["--dtype", "float32", "--replicas", "1"]),
-    "fp32-0-max16": (["v3"], ["--dtype", "float32", "--replicas", "0"]),
     "lora-1": (["v3"], ["--replicas", "1", "--engine-arg", "enable_lora=true"]),
     "negative": (["v3"], ["--replicas", "-1"]),
     "not-an-integer": (["v3"], ["--replicas", "1.5"]),
-    "max-tokens-negative": (["v3"], ["--replicas", "1", "--fusion-max-tokens", "-2"]),
 }
-for _name in ("fp32-1-max16", "fp32-1-max16-mtp", "fp32-0-max16"):
-    RUNS[_name][1].extend(["--fusion-max-tokens", "16", "--count-paths", "--inspect"])
-for _name in ("fp32-0-mtp", "fp32-1-mtp", "fp32-1-max16-mtp"):
+for _name in ("fp32-0-mtp", "fp32-1-mtp"):
     RUNS[_name][1].extend(
         [
             "--inspect",
@@ -101,8 +89,9 @@ def _write_checkpoints(root: Path) -> None:
     for arch in ARCHS:
         write_checkpoint(root / arch, arch)
     write_checkpoint(root / "v3-mtp", "v3", num_nextn_predict_layers=1)
-    # Hugging Face's DeepSeek configs take an int: 0 means no shared experts.
-    write_checkpoint(root / "v3-noshared", "v3", n_shared_experts=0)
+    # No shared experts: 0, and null (which Hugging Face's config refuses).
+    write_checkpoint(root / "v3-zero", "v3", n_shared_experts=0)
+    write_checkpoint(root / "v3-null", "v3", n_shared_experts=None)
     # Unfused stand-in for a fusion bug: the shared expert's output x1.25.
     perturbed = write_checkpoint(root / "v3-perturbed", "v3")
     _scale_shared_down_proj(perturbed, 1.25)
@@ -143,6 +132,9 @@ def _stock_vllm(tmp: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
+    # SEF_FUSION_RUNS=DIR re-checks the outputs of an earlier session's runs.
+    if os.environ.get("SEF_FUSION_RUNS"):
+        return Runs(Path(os.environ["SEF_FUSION_RUNS"]))
     root = tmp_path_factory.mktemp("fusion-runs")
     checkpoints = root / "checkpoints"
     _write_checkpoints(checkpoints)
@@ -159,39 +151,44 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     return launch_runs(RUNS, checkpoints, root, lanes=2, env_for=env_for)
 
 
-def _expected_structure(arch: str, replicas: int) -> tuple[bool, int, int]:
+def _check_structure(layers: list[dict], arch: str, replicas: int, dtype: str) -> None:
+    """No shared MLP, n_routed + R * n_shared slots, each an exact copy; the
+    router scales the routed weights (bf16, fp32) or the runner the output
+    with shared entries of weight 1 / rsf (fp16)."""
     config = make_config(arch)
     n_routed, n_shared = config["n_routed_experts"], config["n_shared_experts"]
-    if replicas == 0:
-        return True, n_routed, config["num_experts_per_tok"]
-    return (
-        False,
-        n_routed + replicas * n_shared,
-        config["num_experts_per_tok"] + n_shared,
-    )
+    rsf = config["routed_scaling_factor"]
+    assert len(layers) == config["num_hidden_layers"] - config["first_k_dense_replace"]
+    for layer in layers:
+        if replicas == 0:
+            assert layer["has_shared_mlp"], layer["name"]
+            assert layer["num_slots"] == n_routed, layer["name"]
+            assert layer["fusion"] is None, layer["name"]
+            continue
+        assert not layer["has_shared_mlp"], layer["name"]
+        assert layer["num_slots"] == n_routed + replicas * n_shared, layer["name"]
+        assert layer["num_fused_shared_experts"] == n_shared, layer["name"]
+        fusion = layer["fusion"]
+        assert fusion["replicas"] == replicas
+        expected = (1 / rsf, 1.0, rsf) if dtype == "float16" else (1.0, rsf, 1.0)
+        got = (
+            fusion["shared_expert_weight"],
+            fusion["router_scaling_factor"],
+            fusion["runner_scaling_factor"],
+        )
+        assert got == pytest.approx(expected), (layer["name"], got)
+        assert layer["slots_equal_checkpoint"] == [[True] * n_shared] * replicas
 
 
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("replicas", ["0", *FUSED_REPLICAS])
 def test_structure(runs: Runs, model: str, replicas: str):
-    """No shared MLP, n_routed + R * n_shared slots, each an exact copy."""
-    layers = runs(f"bf16-{replicas}", model)["layers"]
-    config = make_config(model)
-    has_mlp, slots, top_k = _expected_structure(model, int(replicas))
-    assert len(layers) == config["num_hidden_layers"] - config["first_k_dense_replace"]
-    for layer in layers:
-        assert layer["has_shared_mlp"] is has_mlp, layer["name"]
-        assert layer["num_slots"] == slots, layer["name"]
-        assert layer["top_k_per_token"] == top_k, layer["name"]
-        if replicas == "0":
-            assert layer["fusion"] is None
-            continue
-        assert layer["fusion"]["replicas"] == int(replicas)
-        # CPU and CUDA scale the summed output by routed_scaling_factor.
-        assert layer["fusion"]["weight"] == pytest.approx(1.0 / config["routed_scaling_factor"])
-        copies = layer["slots_equal_checkpoint"]
-        assert len(copies) == int(replicas)
-        assert all(len(c) == config["n_shared_experts"] and all(c) for c in copies)
+    _check_structure(runs(f"bf16-{replicas}", model)["layers"], model, int(replicas), "bf16")
+
+
+@pytest.mark.parametrize("model", ["v3", "v2"])
+def test_structure_fp16(runs: Runs, model: str):
+    _check_structure(runs("fp16-1", model)["layers"], model, 1, "float16")
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -253,12 +250,9 @@ def test_fp16_within_rounding(runs: Runs, model: str):
 
 def test_mtp_layer_is_fused(runs: Runs):
     fused, unfused = runs("fp32-1-mtp", "v3-mtp"), runs("fp32-0-mtp", "v3-mtp")
-    config = make_config("v3")
     (layer,) = fused["draft_layers"]
     assert "mtp_block" in layer["name"]
-    assert not layer["has_shared_mlp"]
-    assert layer["num_slots"] == config["n_routed_experts"] + config["n_shared_experts"]
-    assert layer["slots_equal_checkpoint"] == [[True]]
+    _check_structure([layer], "v3", 1, "float32")
     assert unfused["draft_layers"][0]["has_shared_mlp"]
     # The drafter proposes the same tokens, so as many are accepted.
     assert fused["spec_decode"] == unfused["spec_decode"]
@@ -267,68 +261,26 @@ def test_mtp_layer_is_fused(runs: Runs):
     assert ok, detail
 
 
-def _prefill_and_decode_sizes(run: dict) -> tuple[set[int], set[int]]:
-    prompts = [len(seq["prompt"]) for seq in run["sequences"]]
-    return {sum(prompts)}, {len(prompts)}
-
-
-@pytest.mark.parametrize("model", ["v3", "v2-lite"])
-def test_max_tokens_fuses_small_batches_only(runs: Runs, model: str):
-    """VLLM_SHARED_EXPERT_FUSION_MAX_TOKENS=16: the layers hold the separate
-    shared MLP and the fused slots (both loaded from the checkpoint); the
-    prefill runs the MLP, every decode step the slots, and the results equal
-    the unfused run's."""
-    run, unfused = runs("fp32-1-max16", model), runs("fp32-0", model)
-    config = make_config(model)
-    n_moe = config["num_hidden_layers"] - config["first_k_dense_replace"]
-    assert len(run["layers"]) == n_moe
-    for layer in run["layers"]:
-        assert layer["has_shared_mlp"]
-        assert layer["num_slots"] == config["n_routed_experts"] + config["n_shared_experts"]
-        assert layer["fusion"]["max_tokens"] == 16
-        assert layer["slots_equal_checkpoint"] == [[True] * config["n_shared_experts"]]
-    prefill, decode = _prefill_and_decode_sizes(run)
-    paths = {
-        path: {int(n): calls for n, calls in sizes.items()} for path, sizes in run["paths"].items()
-    }
-    steps = len(run["sequences"][0]["tokens"]) - 1
-    assert paths["shared_mlp"] == {n: n_moe for n in prefill}
-    assert paths["fused"] == {n: n_moe * steps for n in decode}
-    # The prefill is stock vLLM's computation; the decode steps are fused.
-    assert prompt_logprob_diff(run, unfused).max == 0.0
-    ok, detail = _fp32_close(run, unfused)
-    assert ok, detail
-
-
-def test_max_tokens_with_mtp(runs: Runs):
-    run, unfused = runs("fp32-1-max16-mtp", "v3-mtp"), runs("fp32-0-mtp", "v3-mtp")
-    (layer,) = run["draft_layers"]
-    assert layer["has_shared_mlp"]
-    assert layer["slots_equal_checkpoint"] == [[True]]
-    assert run["paths"]["fused"]
-    assert run["paths"]["shared_mlp"]
-    assert all(int(n) <= 16 for n in run["paths"]["fused"])
-    assert all(int(n) > 16 for n in run["paths"]["shared_mlp"])
-    assert run["spec_decode"] == unfused["spec_decode"]
-    ok, detail = _fp32_close(run, unfused)
-    assert ok, detail
-
-
-def test_max_tokens_without_replicas_is_stock(runs: Runs):
-    run, stock = runs("fp32-0-max16", "v3"), runs("fp32-0", "v3")
-    assert all(layer["fusion"] is None for layer in run["layers"])
-    assert run["paths"]["fused"] == {}
-    assert run["sequences"] == stock["sequences"]
-    assert f"{MAX_TOKENS_ENV}=16 has no effect without {ENV} >= 1" in runs.log("fp32-0-max16")
-
-
-def test_model_without_shared_experts_is_unchanged(runs: Runs):
-    out, stock = runs("bf16-1", "v3-noshared"), runs("bf16-0", "v3-noshared")
+def test_zero_shared_experts_is_no_shared_experts(runs: Runs):
+    """n_shared_experts=0 (patch 0002): no shared MLP, nothing to fuse, and
+    the same tokens with the setting on as off."""
+    out, stock = runs("bf16-1", "v3-zero"), runs("bf16-0", "v3-zero")
     assert "error" not in out, out.get("error")
+    assert "error" not in stock, stock.get("error")
+    for layer in (*out["layers"], *stock["layers"]):
+        assert not layer["has_shared_mlp"]
+        assert layer["fusion"] is None
     assert out["layers"] == stock["layers"]
-    assert all(layer["fusion"] is None for layer in out["layers"])
     assert out["sequences"] == stock["sequences"]
-    assert f"{ENV}=1 has no effect: the model has no shared experts" in runs.log("bf16-1")
+
+
+def test_null_shared_experts_is_refused_by_the_config(runs: Runs):
+    """n_shared_experts: null fails in Hugging Face's config class, before vLLM
+    builds anything, with the setting on as off."""
+    for run in ("bf16-0", "bf16-1"):
+        error = runs(run, "v3-null").get("error")
+        assert error is not None, run
+        assert "n_shared_experts" in error, (run, error)
 
 
 @pytest.mark.parametrize(
@@ -342,11 +294,6 @@ def test_model_without_shared_experts_is_unchanged(runs: Runs):
         ),
         ("negative", "v3", f"Invalid value '-1' for {ENV}: expected a non-negative"),
         ("not-an-integer", "v3", f"Invalid value '1.5' for {ENV}"),
-        (
-            "max-tokens-negative",
-            "v3",
-            f"Invalid value '-2' for {MAX_TOKENS_ENV}: expected a non-negative",
-        ),
     ],
 )
 def test_refusals(runs: Runs, run: str, model: str, message: str):

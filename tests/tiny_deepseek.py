@@ -111,7 +111,31 @@ ARCHS: dict[str, dict] = {
         "norm_topk_prob": True,
         "routed_scaling_factor": 2.827,
     },
+    # GLM-4.5 / 4.6 MoE: grouped-query attention (not MLA) with q/k/v biases and
+    # partial rotary; sigmoid routing with a correction bias, one shared expert.
+    "glm4-moe": {
+        "architectures": ["Glm4MoeForCausalLM"],
+        "model_type": "glm4_moe",
+        "attention": "gqa",
+        "num_key_value_heads": 2,
+        "head_dim": 64,
+        "partial_rotary_factor": 0.5,
+        "attention_bias": True,
+        "use_qk_norm": False,
+        "n_routed_experts": 16,
+        "n_shared_experts": 1,
+        "num_experts_per_tok": 4,
+        "n_group": 1,
+        "topk_group": 1,
+        "scoring_func": "sigmoid",
+        "topk_method": "noaux_tc",
+        "norm_topk_prob": True,
+        "routed_scaling_factor": 2.5,
+    },
 }
+
+# The MLA shapes of _COMMON, which grouped-query attention models leave out.
+_MLA_KEYS = ("kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")
 
 
 def make_config(arch: str, **overrides) -> dict:
@@ -120,6 +144,9 @@ def make_config(arch: str, **overrides) -> dict:
         raise ValueError(f"unknown architecture {arch!r}; known: {sorted(ARCHS)}")
     config = {**_COMMON, **ARCHS[arch], **overrides}
     config["num_nextn_predict_layers"] = config.get("num_nextn_predict_layers", 0)
+    if config.get("attention") == "gqa":
+        for key in _MLA_KEYS:
+            config.pop(key)
     return config
 
 
@@ -136,11 +163,29 @@ def _norm(gen: torch.Generator, dim: int) -> torch.Tensor:
 def _decoder_layer(gen: torch.Generator, config: dict, prefix: str, moe: bool):
     h = config["hidden_size"]
     heads = config["num_attention_heads"]
+    t: dict[str, torch.Tensor] = {}
+    a = f"{prefix}.self_attn"
+    if config.get("attention") == "gqa":
+        head_dim, kv_heads = config["head_dim"], config["num_key_value_heads"]
+        for name, out_dim in (("q", heads), ("k", kv_heads), ("v", kv_heads)):
+            t[f"{a}.{name}_proj.weight"] = _linear(gen, out_dim * head_dim, h)
+            t[f"{a}.{name}_proj.bias"] = 0.1 * torch.randn(out_dim * head_dim, generator=gen)
+        t[f"{a}.o_proj.weight"] = _linear(gen, h, heads * head_dim)
+    else:
+        t.update(_mla(gen, config, a))
+    t[f"{prefix}.input_layernorm.weight"] = _norm(gen, h)
+    t[f"{prefix}.post_attention_layernorm.weight"] = _norm(gen, h)
+    t.update(_mlp_block(gen, config, f"{prefix}.mlp", moe))
+    return t
+
+
+def _mla(gen: torch.Generator, config: dict, a: str) -> dict[str, torch.Tensor]:
+    h = config["hidden_size"]
+    heads = config["num_attention_heads"]
     nope, rope = config["qk_nope_head_dim"], config["qk_rope_head_dim"]
     kv_lora, v_dim = config["kv_lora_rank"], config["v_head_dim"]
     q_lora = config["q_lora_rank"]
     t: dict[str, torch.Tensor] = {}
-    a = f"{prefix}.self_attn"
     if q_lora:
         t[f"{a}.q_a_proj.weight"] = _linear(gen, q_lora, h)
         t[f"{a}.q_a_layernorm.weight"] = _norm(gen, q_lora)
@@ -151,8 +196,12 @@ def _decoder_layer(gen: torch.Generator, config: dict, prefix: str, moe: bool):
     t[f"{a}.kv_a_layernorm.weight"] = _norm(gen, kv_lora)
     t[f"{a}.kv_b_proj.weight"] = _linear(gen, heads * (nope + v_dim), kv_lora)
     t[f"{a}.o_proj.weight"] = _linear(gen, h, heads * v_dim)
-    t[f"{prefix}.input_layernorm.weight"] = _norm(gen, h)
-    t[f"{prefix}.post_attention_layernorm.weight"] = _norm(gen, h)
+    return t
+
+
+def _mlp_block(gen: torch.Generator, config: dict, m: str, moe: bool):
+    h = config["hidden_size"]
+    t: dict[str, torch.Tensor] = {}
 
     def mlp(p: str, inter: int) -> None:
         t[f"{p}.gate_proj.weight"] = _linear(gen, inter, h)
@@ -160,9 +209,8 @@ def _decoder_layer(gen: torch.Generator, config: dict, prefix: str, moe: bool):
         t[f"{p}.down_proj.weight"] = _linear(gen, h, inter)
 
     if not moe:
-        mlp(f"{prefix}.mlp", config["intermediate_size"])
+        mlp(m, config["intermediate_size"])
         return t
-    m = f"{prefix}.mlp"
     n_routed = config["n_routed_experts"]
     # Routing scores spread well apart keep top-k picks away from near-ties
     # that bf16 rounding could flip; sigmoid scores saturate, so their gate

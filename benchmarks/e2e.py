@@ -1,0 +1,380 @@
+"""End to end on one GPU: stock vLLM vs the series with fusion off and on.
+
+Measures decode ITL, TTFT and offline throughput of a DeepSeek-V3-shaped model
+(hidden 7168, MLA 1536/512/64/128, 256 routed + 1 shared expert, top-8 of 8
+groups, FP8 block [128, 128]; per-rank TP8 widths with --shard 8) with dummy
+weights and realistic routing, served by vLLM with torch.compile and CUDA graphs.
+
+Realistic routing: vLLM's dummy loader fills every tensor with
+uniform(-1e-3, 1e-3) from one seed, so router logits differ by ~1e-5 while the
+correction bias differs by ~1e-3 and sends every token to the same ~9 experts.
+After the load, every MoE layer's router gets seeded values of a trained
+router's scale (gate weights N(0, (1.5 / sqrt(hidden))^2), so logits of the
+unit-RMS MoE input have std 1.5; correction bias N(0, 0.05^2)) and every RMSNorm
+weight is 1, so the MoE input has unit RMS. --probe runs one eager process that
+records the distinct experts per MoE layer per decode step at each batch size.
+
+Variants: NAME[,replicas=R][,site=DIR]; site is prepended to PYTHONPATH (stock
+vLLM lives in another site than the patched one). Processes alternate: each
+round runs every variant once, so a slow process cannot favour one variant.
+
+    python benchmarks/e2e.py --variants stock,site=/root/stock-site off fused,replicas=1 \\
+        --rounds 2 --workloads itl throughput --out e2e.jsonl
+    python benchmarks/e2e.py --probe --out probe.jsonl
+
+Per process, after a warm-up generate that is dropped:
+- itl: per batch B, ITL from vLLM's request stats of B requests of --itl-prompt
+  tokens generating 65 ((last - first token time) / 64, mean over requests;
+  the prompts fit one prefill step, so the decode steps are pure) and TTFT, the
+  wall time of B requests of --ttft-prompt tokens generating 1 token; medians
+  of --reps.
+- throughput: decode-heavy (256 requests, 64 prompt + 400 generated tokens)
+  and mixed (512 requests, 1000 + 200) at vLLM's default chunked prefill:
+  generated tokens per second of LLM.generate, median of --reps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from realistic_routing import realistic_routing
+
+BATCHES = [1, 4, 16, 64, 256]
+WORKLOADS = {
+    # name: (requests, prompt tokens, generated tokens)
+    "decode_heavy": (256, 64, 400),
+    "mixed": (512, 1000, 200),
+}
+
+
+# A CPU-sized model for a smoke run of this script (--tiny): MLA dims as vLLM's
+# CPU backend needs them, bf16, eager.
+TINY = {
+    "vocab_size": 512,
+    "hidden_size": 256,
+    "intermediate_size": 512,
+    "moe_intermediate_size": 64,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "q_lora_rank": 64,
+    "qk_nope_head_dim": 32,
+    "v_head_dim": 32,
+    "n_routed_experts": 16,
+    "num_experts_per_tok": 4,
+    "n_group": 4,
+    "topk_group": 2,
+    "first_k_dense_replace": 1,
+}
+
+
+def write_config(out: Path, layers: int, shard: int = 8, tiny: bool = False) -> Path:
+    config = {
+        "architectures": ["DeepseekV3ForCausalLM"],
+        "model_type": "deepseek_v3",
+        "vocab_size": 129280 // shard,
+        "hidden_size": 7168,
+        "intermediate_size": 18432 // shard,
+        "moe_intermediate_size": 2048 // shard,
+        "num_hidden_layers": layers,
+        "first_k_dense_replace": 3,
+        "moe_layer_freq": 1,
+        "num_attention_heads": 128 // shard,
+        "num_key_value_heads": 128 // shard,
+        "q_lora_rank": 1536,
+        "kv_lora_rank": 512,
+        "qk_rope_head_dim": 64,
+        "qk_nope_head_dim": 128,
+        "v_head_dim": 128,
+        "n_routed_experts": 256,
+        "n_shared_experts": 1,
+        "num_experts_per_tok": 8,
+        "n_group": 8,
+        "topk_group": 4,
+        "scoring_func": "sigmoid",
+        "topk_method": "noaux_tc",
+        "norm_topk_prob": True,
+        "routed_scaling_factor": 2.5,
+        "hidden_act": "silu",
+        "max_position_embeddings": 4096,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": False,
+        "bos_token_id": 0,
+        "eos_token_id": 1,
+        "num_nextn_predict_layers": 0,
+        "torch_dtype": "bfloat16",
+        "quantization_config": {
+            "quant_method": "fp8",
+            "fmt": "e4m3",
+            "activation_scheme": "dynamic",
+            "weight_block_size": [128, 128],
+        },
+    }
+    if tiny:
+        config.update(TINY)
+        del config["quantization_config"]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config, indent=1))
+    return out
+
+
+def make_llm(args, **overrides):
+    from vllm import LLM
+
+    kwargs = dict(
+        model=args.model,
+        load_format="dummy",
+        skip_tokenizer_init=True,
+        max_model_len=2048,
+        max_num_seqs=256,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        compilation_config={"cudagraph_capture_sizes": [1, 2, 4, 8, 16, 32, 64, 128, 256]},
+        seed=0,
+        disable_log_stats=False,  # request stats: first and last token times
+    )
+    if args.tiny:
+        kwargs.update(enforce_eager=True, max_model_len=512, max_num_seqs=16)
+    kwargs.update(overrides)
+    llm = LLM(**kwargs)
+    counts = llm.apply_model(realistic_routing)[0]
+    print(f"realistic routing: {counts}", flush=True)
+    assert counts["moe_layers"] > 0, "no MoE layer found"
+    assert args.tiny or counts["gates_reset"] == counts["moe_layers"], counts
+    return llm
+
+
+def prompts(n: int, length: int, seed: int, vocab: int = 16000) -> list[dict]:
+    import random
+
+    rng = random.Random(seed)
+    return [
+        {"prompt_token_ids": [rng.randrange(2, vocab) for _ in range(length)]} for _ in range(n)
+    ]
+
+
+def generate(llm, requests: list[dict], tokens: int) -> tuple[float, list]:
+    from vllm import SamplingParams
+
+    params = SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True)
+    start = time.perf_counter()
+    outputs = llm.generate(requests, params, use_tqdm=False)
+    return time.perf_counter() - start, outputs
+
+
+def emit(row: dict) -> None:
+    print("RESULT " + json.dumps(row), flush=True)
+
+
+def measure(args) -> None:
+    """One process of one variant (--worker)."""
+    began = time.time()
+    llm = make_llm(args)
+    base = {
+        "variant": args.variant,
+        "round": args.round,
+        "routing": "realistic",
+        "startup_s": round(time.time() - began, 1),
+    }
+    generate(llm, prompts(8, 64, 99, args.vocab), 16)  # warm-up, dropped
+    if "itl" in args.workloads:
+        for batch in args.batches:
+            generate(llm, prompts(batch, args.itl_prompt, 1, args.vocab), 8)  # warm-up at this size
+            ttft, itl = [], []
+            for _ in range(args.reps):
+                first = prompts(batch, args.ttft_prompt, 2, args.vocab)
+                ttft.append(generate(llm, first, 1)[0] * 1e3)
+                outputs = generate(llm, prompts(batch, args.itl_prompt, 3, args.vocab), 65)[1]
+                itl.append(
+                    statistics.fmean(
+                        (o.metrics.last_token_ts - o.metrics.first_token_ts)
+                        / (o.metrics.num_generation_tokens - 1)
+                        for o in outputs
+                    )
+                    * 1e3
+                )
+            for metric, values in (("itl_ms", itl), ("ttft_ms", ttft)):
+                emit(
+                    {
+                        **base,
+                        "scenario": "e2e",
+                        "batch": batch,
+                        "metric": metric,
+                        "median": statistics.median(values),
+                        "values": values,
+                    }
+                )
+    if "throughput" in args.workloads:
+        for workload, (n, prompt_len, gen_len) in WORKLOADS.items():
+            if args.tiny:
+                n, prompt_len, gen_len = n // 64, prompt_len // 16, gen_len // 50
+            requests = prompts(n, prompt_len, 4, args.vocab)
+            generate(llm, requests[:32], gen_len)  # warm-up at these lengths
+            values = []
+            for _ in range(args.reps):
+                seconds, _ = generate(llm, requests, gen_len)
+                values.append(n * gen_len / seconds)
+            emit(
+                {
+                    **base,
+                    "scenario": "throughput",
+                    "workload": workload,
+                    "metric": "tok_s",
+                    "median": statistics.median(values),
+                    "values": values,
+                }
+            )
+
+
+def probe(args) -> None:
+    """Distinct experts per MoE layer per decode step (--worker --probe): an
+    eager engine, so the router's Python runs on every step."""
+    from collections import defaultdict
+
+    from vllm.model_executor.layers.fused_moe.router import base_router
+
+    seen: dict[int, list[int]] = defaultdict(list)
+    select = base_router.BaseRouter._select_experts
+
+    def counting(self, hidden_states, router_logits, *a, **kw):
+        weights, ids = select(self, hidden_states, router_logits, *a, **kw)
+        seen[ids.shape[0]].append(int(ids[:, : self.top_k].unique().numel()))
+        return weights, ids
+
+    base_router.BaseRouter._select_experts = counting
+    llm = make_llm(args, enforce_eager=True)
+    for batch in args.batches:
+        generate(llm, prompts(batch, 16, 5, args.vocab), 4)  # prefills: batch * 16 tokens
+        seen.clear()
+        generate(llm, prompts(batch, 16, 6, args.vocab), 9)
+        steps = seen.get(batch) or [0]
+        emit(
+            {
+                "scenario": "routing_probe",
+                "routing": "realistic",
+                "batch": batch,
+                "metric": "distinct_experts",
+                "median": statistics.median(steps),
+                "mean": statistics.fmean(steps),
+                "min": min(steps),
+                "max": max(steps),
+                "layer_steps": len(steps),
+            }
+        )
+
+
+def run_worker(args, variant: dict, round_: int, model: Path, probe_mode: bool) -> None:
+    env = dict(
+        os.environ,
+        VLLM_SHARED_EXPERT_FUSION_REPLICAS=variant.get("replicas", "0"),
+        # apply_model sends realistic_routing to the engine process, which
+        # imports it from this folder.
+        VLLM_ALLOW_INSECURE_SERIALIZATION="1",
+        PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+    )
+    if probe_mode:  # the probe patches the router in this process
+        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    if "site" in variant:
+        env["PYTHONPATH"] = os.pathsep.join([variant["site"], env.get("PYTHONPATH", "")])
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        "--model",
+        str(model),
+        "--variant",
+        variant["name"],
+        "--round",
+        str(round_),
+        "--batches",
+        *map(str, args.batches),
+        "--workloads",
+        *args.workloads,
+        "--reps",
+        str(args.reps),
+        "--itl-prompt",
+        str(args.itl_prompt),
+        "--ttft-prompt",
+        str(args.ttft_prompt),
+        "--gpu-memory-utilization",
+        str(args.gpu_memory_utilization),
+        *(["--probe"] if probe_mode else []),
+        *(["--tiny"] if args.tiny else []),
+    ]
+    rows, tail = 0, []
+    with (
+        subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ) as proc,
+        open(args.out, "a") as out,
+    ):
+        assert proc.stdout is not None
+        for line in proc.stdout:  # rows land in the file as they come
+            if line.startswith("RESULT "):
+                out.write(line[len("RESULT ") :])
+                out.flush()
+                rows += 1
+                print(line[len("RESULT ") :].strip()[:160], flush=True)
+            tail = [*tail, line][-40:]
+    print(f"{variant['name']} round {round_}: {rows} rows, exit {proc.returncode}", flush=True)
+    if proc.returncode:
+        print("".join(tail), flush=True)
+
+
+def parse_variant(text: str) -> dict:
+    name, *options = text.split(",")
+    variant = {"name": name}
+    for option in options:
+        key, _, value = option.partition("=")
+        if key not in ("replicas", "site") or not value:
+            raise SystemExit(f"bad variant option {option!r} in {text!r} (replicas=R, site=DIR)")
+        variant[key] = value
+    return variant
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", default=["off", "fused,replicas=1"])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--first-round", type=int, default=0, help="number of the first round")
+    parser.add_argument("--workloads", nargs="+", default=["itl", "throughput"])
+    parser.add_argument("--batches", nargs="+", type=int, default=BATCHES)
+    parser.add_argument("--layers", type=int, default=61)
+    parser.add_argument("--shard", type=int, default=8)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--itl-prompt", type=int, default=32)
+    parser.add_argument("--ttft-prompt", type=int, default=512)
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    parser.add_argument("--probe", action="store_true", help="distinct experts per step")
+    parser.add_argument("--tiny", action="store_true", help="CPU-sized smoke run")
+    parser.add_argument("--out", default="e2e.jsonl")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--round", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.vocab = TINY["vocab_size"] if args.tiny else 16000
+    if args.worker:
+        probe(args) if args.probe else measure(args)
+        return
+    variants = [parse_variant(v) for v in args.variants]
+    model = write_config(
+        Path(tempfile.mkdtemp()) / f"dsv3-shard{args.shard}", args.layers, args.shard, args.tiny
+    )
+    if args.probe:
+        run_worker(args, variants[0], 0, model, probe_mode=True)
+        return
+    for round_ in range(args.first_round, args.first_round + args.rounds):
+        for variant in variants:
+            run_worker(args, variant, round_, model, probe_mode=False)
+
+
+if __name__ == "__main__":
+    main()
