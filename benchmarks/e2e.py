@@ -22,7 +22,7 @@ round runs every variant once, so a slow process cannot favour one variant.
         --rounds 2 --workloads itl throughput --out e2e.jsonl
     python benchmarks/e2e.py --probe --out probe.jsonl
 
-Per process, after a warm-up generate that is dropped:
+Per process, after warm-up generates that are dropped (each shape once):
 - itl: per batch B, ITL from vLLM's request stats of B requests of --itl-prompt
   tokens generating 65 ((last - first token time) / 64, mean over requests;
   the prompts fit one prefill step, so the decode steps are pure) and TTFT, the
@@ -186,7 +186,9 @@ def measure(args) -> None:
     generate(llm, prompts(8, 64, 99, args.vocab), 16)  # warm-up, dropped
     if "itl" in args.workloads:
         for batch in args.batches:
-            generate(llm, prompts(batch, args.itl_prompt, 1, args.vocab), 8)  # warm-up at this size
+            # Warm-ups at this size, for both prompt lengths (new shapes compile).
+            generate(llm, prompts(batch, args.itl_prompt, 1, args.vocab), 8)
+            generate(llm, prompts(batch, args.ttft_prompt, 1, args.vocab), 1)
             ttft, itl = [], []
             for _ in range(args.reps):
                 first = prompts(batch, args.ttft_prompt, 2, args.vocab)
@@ -216,7 +218,7 @@ def measure(args) -> None:
             if args.tiny:
                 n, prompt_len, gen_len = n // 64, prompt_len // 16, gen_len // 50
             requests = prompts(n, prompt_len, 4, args.vocab)
-            generate(llm, requests[:32], gen_len)  # warm-up at these lengths
+            generate(llm, requests, gen_len)  # warm-up: the whole workload once
             values = []
             for _ in range(args.reps):
                 seconds, _ = generate(llm, requests, gen_len)

@@ -334,9 +334,9 @@ def check(args, setup: Setup) -> list[dict]:
                     "rel_diff_fused_stock": ((out - out_stock).norm() / ref.norm()).item(),
                     "same_as_R1": bool(torch.equal(out, outs[min(outs)])),
                 }
-                row["ok"] = (
-                    row["rel_err_fused"] <= 1.5 * row["rel_err_stock"] + 1e-3 and row["same_as_R1"]
-                )
+                # Copies compute the same function; their bits can differ where
+                # another slot count (E = 256 + R) picks other Triton tiles.
+                row["ok"] = row["rel_err_fused"] <= 1.5 * row["rel_err_stock"] + 1e-3
                 print(json.dumps(row), flush=True)
                 rows.append(row)
         del stock, fused
