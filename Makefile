@@ -3,7 +3,7 @@
 #   make test     build, test venv, tests (ours + the in-tree ones of tests/intree-tests.txt)
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
-.PHONY: help apply refresh check build build-cuda venv test eval constraints docker docker-source clean rebase check-ports
+.PHONY: help apply refresh check build build-cuda venv test eval constraints docker docker-source clean rebase promote check-ports
 
 help:
 	@sed -n 's/^## //p' $(MAKEFILE_LIST)
@@ -28,6 +28,10 @@ check-ports:
 ## make rebase TO=v  port the series to vLLM v (a release, or a git ref): branch rebase/v<v>, ports/v<v>/
 rebase:
 	ci/rebase.sh $(TO)
+
+## make promote TO=v make ports/v<v>/ the pinned base: patches/ and the gitlink vllm (staged, tag sef-<old>)
+promote:
+	ci/promote.sh $(TO)
 
 ## make build        dist/vllm-*+sef1 and dist/vllm_cpu-*+sef1 wheels, dist/SHA256SUMS
 build:

@@ -88,6 +88,8 @@ commit=$(sed -n "s/^__commit_id__ = commit_id = 'g\{0,1\}\([0-9a-f]\{7,40\}\)'$/
   echo "# Bump it whenever the series changes."
   echo "LOCAL_VERSION=$local_version"
 } > "$tmp/base.env"
+# The full commit is not in the sdist: ci/pin-base.sh records it, from upstream, with its tree checked.
+set_full_commit "$tmp/base.env" ""
 mkdir -p "$(dirname "$out")"
 mv "$tmp/base.env" "$out"
 log "wrote $out: vLLM $version ($commit), sdist $sdist, CUDA wheel ${cuda:-none}, CPU wheel ${cpu:-none}"

