@@ -6,7 +6,7 @@ Writes benchmarks/results/summary.json (one row per scenario, dtype, TP
 equivalent, batch and metric: stock, fused, ratio = fused / stock) and the
 plots under docs/img/. docs/benchmarks.md quotes these files.
 
-End-to-end timings (benchmarks/e2e_latency.py): ITL from vLLM's request
+End-to-end timings (benchmarks/e2e.py, formerly e2e_latency.py): ITL from vLLM's request
 stats, which leave the prefill out, TTFT as the wall time of a one-token
 generation; each engine process measures every batch size --reps times. A
 scenario's stock and fused values are the medians over all its runs' values
@@ -25,7 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RAW = ROOT / "benchmarks" / "results" / "raw"
 GPU, VLLM = "NVIDIA H200", "0.32.0"
-DAY1, DAY2 = "2026-11-29", "2026-11-30"  # the two GPU sessions
+DAY1, DAY2 = "2026-11-29", "2026-11-30"  # the first GPU sessions (series sef1)
+DAY4 = "2026-12-02"  # the one-mechanism series (sef2), realistic routing
 
 
 def layer_rows() -> list[dict]:
@@ -47,6 +48,8 @@ def layer_rows() -> list[dict]:
         ("layer_bench_tp1_bf16.json", {"bf16": "moe_layer"}, DAY2),
         ("layer_bench_tp8_default_tiles.json", {"bf16": "moe_layer_default_tiles"}, DAY1),
         ("layer_bench_tp8_default_tiles.json", {"fp8": "moe_layer_default_tiles"}, DAY1),
+        # The one-mechanism series (sef2): one-launch routing, router-side scaling.
+        ("layer_bench_tp8_fp8_sef2.json", {"fp8": "moe_layer_sef2"}, DAY4),
     ]
     for name, scenarios, date in sources:
         for r in json.loads((RAW / name).read_text())["rows"]:
@@ -149,12 +152,71 @@ def e2e_rows() -> list[dict]:
                     "fused_setting": fused_side[1],
                     "stock_values": [round(v, 3) for v in stock_values],
                     "fused_values": [round(v, 3) for v in fused_values],
+                    "routing": "dummy",
                     "gpu": GPU,
                     "vllm": VLLM,
                     "date": date,
                 }
             )
+    return rows + realistic_rows()
+
+
+# benchmarks/e2e.py on the one-mechanism series, realistic routing. In this session every
+# throughput workload and every TTFT batch was timed first without a warm-up at its shapes (the
+# script warmed up the ITL prompts and 32 requests only; fixed since): each process's first
+# value of those is a cold start and is left out. ITL values were all warm.
+REALISTIC = ["e2e_realistic_sef2_a", "e2e_realistic_sef2_b"]
+COLD_FIRST = {"ttft_ms", "tok_s"}
+
+
+def realistic_rows() -> list[dict]:
+    distinct = {
+        r["batch"]: round(r["mean"], 1)
+        for r in map(json.loads, (RAW / "routing_probe_sef2.jsonl").read_text().splitlines())
+    }
+    values: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    processes: dict[tuple, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for name in REALISTIC:
+        for r in map(json.loads, (RAW / f"{name}.jsonl").read_text().splitlines()):
+            key = (r["scenario"], r["metric"], r.get("batch"), r.get("workload"))
+            kept = r["values"][1:] if r["metric"] in COLD_FIRST else r["values"]
+            values[key][r["variant"]].extend(kept)
+            processes[key][r["variant"]] += 1
+    rows = []
+    for key in sorted(values, key=lambda k: (k[0], k[1], k[2] or 0, k[3] or "")):
+        scenario, metric, batch, workload = key
+        sides = values[key]
+        if "stock" not in sides or "fused" not in sides:
+            continue
+        stock, fused = statistics.median(sides["stock"]), statistics.median(sides["fused"])
+        row = {
+            "scenario": "e2e_dsv3_tp8_rank_fp8_realistic" if scenario == "e2e" else scenario,
+            "dtype": "fp8",
+            "tp_equiv": 8,
+            "batch": batch if batch is not None else WORKLOAD_REQUESTS[workload],
+            "metric": metric,
+            "stock": round(stock, 3),
+            "fused": round(fused, 3),
+            # tokens/s: higher is better, the ratio stays fused / stock.
+            "ratio": round(fused / stock, 3),
+            "fused_setting": "1",
+            "stock_values": [round(v, 3) for v in sides["stock"]],
+            "fused_values": [round(v, 3) for v in sides["fused"]],
+            "processes": dict(processes[key]),
+            "routing": "realistic",
+            "gpu": GPU,
+            "vllm": VLLM,
+            "date": DAY4,
+        }
+        if workload is not None:
+            row["workload"] = workload
+        if scenario == "e2e":
+            row["distinct_experts"] = distinct[batch]
+        rows.append(row)
     return rows
+
+
+WORKLOAD_REQUESTS = {"decode_heavy": 256, "mixed": 512}
 
 
 RATIO_LINES = [
@@ -163,7 +225,14 @@ RATIO_LINES = [
     ("moe_layer", "bf16", 8, "MoE layer, bf16, TP8 rank (tuned E=257)"),
     ("moe_layer", "fp8", 1, "MoE layer, FP8 block, TP1 (tuned E=257)"),
     ("moe_layer", "bf16", 1, "MoE layer, bf16, TP1 (tuned E=257)"),
-    ("e2e_dsv3_tp8_rank_fp8", "fp8", 8, "end-to-end decode ITL, FP8, TP8 rank"),
+    ("moe_layer_sef2", "fp8", 8, "MoE layer, FP8 block, TP8 rank, one-mechanism series"),
+    (
+        "e2e_dsv3_tp8_rank_fp8_realistic",
+        "fp8",
+        8,
+        "end-to-end decode ITL, FP8, TP8 rank, realistic routing (sef2)",
+    ),
+    ("e2e_dsv3_tp8_rank_fp8", "fp8", 8, "end-to-end decode ITL, FP8, TP8 rank (dummy routing)"),
     (
         "e2e_dsv3_tp8_rank_fp8_max_tokens_128",
         "fp8",

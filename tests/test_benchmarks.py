@@ -31,8 +31,12 @@ def test_summary_rows_have_the_agreed_format() -> None:
     rows = json.loads((ROOT / "benchmarks" / "results" / "summary.json").read_text())
     for row in rows:
         assert set(row) >= ROW_KEYS, row
-        assert row["metric"] in {"itl_ms", "ttft_ms", "moe_us"}
+        assert row["metric"] in {"itl_ms", "ttft_ms", "moe_us", "tok_s"}
         assert row["ratio"] == pytest.approx(row["fused"] / row["stock"], abs=2e-3)
+        if row["scenario"].startswith("e2e") or row["scenario"] == "throughput":
+            assert row["routing"] in {"dummy", "realistic"}, row
+        if row.get("routing") == "realistic" and row["scenario"].startswith("e2e"):
+            assert row["distinct_experts"] >= min(8 * row["batch"], 8), row
     scenarios = {(r["scenario"], r["dtype"], r["tp_equiv"]) for r in rows}
     # The layer at TP8 and TP1 shapes in both dtypes; end to end at TP8 rank shapes and TP=2.
     for dtype in ("bf16", "fp8"):
@@ -40,6 +44,11 @@ def test_summary_rows_have_the_agreed_format() -> None:
             assert ("moe_layer", dtype, tp) in scenarios
     assert ("e2e_dsv3_tp8_rank_fp8", "fp8", 8) in scenarios
     assert ("e2e_dsv3_tp2_full_16_layers_fp8_stock_tuned", "fp8", 2) in scenarios
+    # The one-mechanism series with realistic routing: ITL and TTFT, and both throughput
+    # workloads (tokens/s).
+    assert ("e2e_dsv3_tp8_rank_fp8_realistic", "fp8", 8) in scenarios
+    workloads = {r["workload"] for r in rows if r["scenario"] == "throughput"}
+    assert workloads == {"decode_heavy", "mixed"}
 
 
 FP8 = (257, 1024, 7168, 9, "fp8_w8a8", [128, 128])
