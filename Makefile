@@ -1,5 +1,5 @@
 # One target per command; each runs the ci/ script that does the work (see README.md).
-#   make build    patched wheels in dist/ (official wheels + the series, version 0.32.0+sef1)
+#   make build    patched wheels in dist/ (official wheels + the series, version <base>+<LOCAL_VERSION>)
 #   make test     build, test venv, tests (ours + the in-tree ones of tests/intree-tests.txt)
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -33,7 +33,7 @@ rebase:
 promote:
 	ci/promote.sh $(TO)
 
-## make build        dist/vllm-*+sef1 and dist/vllm_cpu-*+sef1 wheels, dist/SHA256SUMS
+## make build        dist/vllm-*+sefN and dist/vllm_cpu-*+sefN wheels (N: LOCAL_VERSION), dist/SHA256SUMS
 build:
 	ci/build-wheel.sh cuda
 	ci/build-wheel.sh cpu

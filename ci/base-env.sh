@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Write the base.env of a vLLM release from the registry's simple index (PEP 503).
-#   ci/base-env.sh VERSION OUT [LOCAL_VERSION]        LOCAL_VERSION defaults to sef1
+#   ci/base-env.sh VERSION OUT [LOCAL_VERSION]        LOCAL_VERSION defaults to the pinned base's
 # For a version not pinned yet, the index is the trust anchor: the sha256 in each file's href
 # (`#sha256=...`) is recorded, and the sdist is downloaded and verified against it (ci/fetch.sh, which
 # fails naming the file on a mismatch). The sdist's vllm/_version.py gives the upstream commit. Also
@@ -12,7 +12,7 @@
 
 version=${1:-}
 out=${2:-}
-local_version=${3:-sef1}
+local_version=${3:-$LOCAL_VERSION}
 [ -n "$version" ] && [ -n "$out" ] || die "usage: $0 VERSION OUT [LOCAL_VERSION]"
 is_release_version "$version" || die "not a release version: $version"
 

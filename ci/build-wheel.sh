@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build our wheel of one flavour from the official one: the series' vllm/ changes, version 0.32.0+sef1.
+# Build our wheel of one flavour from the official one: the series' vllm/ changes, version <base>+<LOCAL_VERSION> (patches/base.env).
 #   ci/build-wheel.sh cuda|cpu
 # Output: dist/<official file name with 0.32.0 -> 0.32.0+$LOCAL_VERSION>, and dist/SHA256SUMS.
 #

@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import random
+import re
 import traceback
 
 
@@ -103,6 +104,23 @@ def _slots_equal_checkpoint(runner, ckpt: dict, prefix: str) -> list[list[bool]]
     ]
 
 
+def loaded_cpu_ops() -> list[str]:
+    """vLLM's compiled CPU op libraries in this process (_C, _C_AVX512 or _C_AVX2)."""
+    with open("/proc/self/maps") as maps:
+        names = {os.path.basename(line.split()[-1]) for line in maps if "/vllm/_C" in line}
+    return sorted(n.split(".")[0] for n in names if re.fullmatch(r"_C(_AVX\w+)?\.abi3\.so", n))
+
+
+def force_avx2() -> None:
+    """Run vLLM's AVX2 CPU path on an AVX-512 machine: vLLM picks its compiled ops, MoE
+    and attention kernels from torch.cpu's capability checks (set SEF_CPU_ISA=avx2 with
+    ATEN_CPU_CAPABILITY=avx2 and ONEDNN_MAX_CPU_ISA=AVX2 for torch's and oneDNN's own)."""
+    import torch
+
+    for check in ("_is_avx512_supported", "_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        setattr(torch.cpu, check, lambda: False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
@@ -129,6 +147,8 @@ def main() -> None:
         os.environ["VLLM_SHARED_EXPERT_FUSION_REPLICAS"] = args.replicas
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    if os.environ.get("SEF_CPU_ISA") == "avx2":
+        force_avx2()
 
     from vllm import LLM
 
@@ -202,6 +222,7 @@ def _generate_and_inspect(llm, model: str, args: argparse.Namespace, engine_args
 
     result: dict = {
         "settings": {"dtype": args.dtype, "replicas": args.replicas},
+        "cpu_ops": loaded_cpu_ops(),
         "sequences": [
             {
                 "prompt": prompt,

@@ -47,7 +47,12 @@ FP32_ATOL = 1e-4
 MODELS = ["v3", "v2-lite", "v2", "k2", "glm4-moe"]
 FUSED_REPLICAS = ["1", "2", "4"]
 NO_SHARED = ["v3-zero", "v3-null"]
-MTP_SPEC = json.dumps({"method": "mtp", "num_speculative_tokens": 1})
+AVX2_MODELS = ["v3", "glm4-moe", "v3-zero"]
+AVX2_ENV = {"SEF_CPU_ISA": "avx2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+# The drafter picks its own attention backend: pinned like the target's (engine_run.py).
+MTP_SPEC = json.dumps(
+    {"method": "mtp", "num_speculative_tokens": 1, "attention_backend": "CPU_MLA"}
+)
 
 # One engine process per entry: (settings, models, engine_run.py arguments).
 RUNS: dict[str, tuple[list[str], list[str]]] = {
@@ -69,6 +74,9 @@ RUNS: dict[str, tuple[list[str], list[str]]] = {
     "fp16-1": (["v3", "v2"], ["--dtype", "float16", "--replicas", "1", "--inspect"]),
     "fp32-0-mtp": (["v3-mtp"], ["--dtype", "float32", "--replicas", "0"]),
     "fp32-1-mtp": (["v3-mtp"], ["--dtype", "float32", "--replicas", "1"]),
+    # vLLM's AVX2 CPU path (compiled ops, MoE and GEMM kernels) forced on an AVX-512 machine.
+    "avx2-bf16-0": (AVX2_MODELS, ["--dtype", "bfloat16", "--replicas", "0"]),
+    "avx2-bf16-1": (AVX2_MODELS, ["--dtype", "bfloat16", "--replicas", "1", "--inspect"]),
     "lora-1": (["v3"], ["--replicas", "1", "--engine-arg", "enable_lora=true"]),
     "negative": (["v3"], ["--replicas", "-1"]),
     "not-an-integer": (["v3"], ["--replicas", "1.5"]),
@@ -146,6 +154,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
         env = {"VLLM_CPU_OMP_THREADS_BIND": str(lane % cores)}
         if name.startswith("stock-"):
             env["PYTHONPATH"] = os.pathsep.join([str(stock), str(HERE)])
+        if name.startswith("avx2-"):
+            env.update(AVX2_ENV)
         return env
 
     return launch_runs(RUNS, checkpoints, root, lanes=2, env_for=env_for)
@@ -281,6 +291,23 @@ def test_null_shared_experts_is_refused_by_the_config(runs: Runs):
         error = runs(run, "v3-null").get("error")
         assert error is not None, run
         assert "n_shared_experts" in error, (run, error)
+
+
+@pytest.mark.parametrize("model", ["v3", "glm4-moe"])
+def test_avx2_path(runs: Runs, model: str):
+    """The same on vLLM's AVX2 path (AVX2-only CPUs): its own compiled ops and kernels."""
+    fused, unfused = runs("avx2-bf16-1", model), runs("avx2-bf16-0", model)
+    assert fused["cpu_ops"] == unfused["cpu_ops"] == ["_C_AVX2"], fused["cpu_ops"]
+    _check_structure(fused["layers"], model, 1, "bf16")
+    ok, detail = within_rounding(fused, unfused, runs("fp32-0", model))
+    print(f"{model} AVX2 bf16 R=1 vs R=0: {detail}")
+    assert ok, detail
+
+
+def test_avx2_path_zero_shared_experts(runs: Runs):
+    out, stock = runs("avx2-bf16-1", "v3-zero"), runs("avx2-bf16-0", "v3-zero")
+    assert "error" not in out, out.get("error")
+    assert out["sequences"] == stock["sequences"]
 
 
 @pytest.mark.parametrize(

@@ -249,7 +249,7 @@ def test_conflict_fails_cleanly_with_a_report(
     n = len(series(ROOT / "patches"))
     assert f"rebasing patches (vLLM 0.32.0, {n} patches) onto 0.32.1" in proc.stderr
     report = (tmp_path / "build" / "rebase-report.md").read_text()
-    first = "0001-Feature-Add-VLLM_SHARED_EXPERT_FUSION_REPLICAS.patch"
+    first = series(ROOT / "patches")[0]
     assert f"## {first} (patch 1 of {n})" in report
     assert "Conflicting files: `vllm/envs.py`" in report
     assert "### `vllm/envs.py` (both modified)" in report

@@ -3,7 +3,7 @@
 A built wheel must be the official wheel with exactly the series' vllm/ changes: every compiled
 file and every file the series leaves alone identical, every file it changes or adds equal to the
 sef branch's version, the files it deletes gone, nothing else added or missing; the .dist-info
-renamed to 0.32.0+sef1 with only METADATA's Version and WHEEL's Tag lines changed; RECORD complete
+renamed to 0.32.0+sef2 with only METADATA's Version and WHEEL's Tag lines changed; RECORD complete
 and correct.
 
 Checked for dist/ (made by `make build` from patches/) and for a small real sample series built into
@@ -196,7 +196,7 @@ def test_dist_sha256sums() -> None:
     assert sums == expected
 
 
-# The H200 Triton configs that patch 0005 ships for the fused expert counts (V3/R1 with R=1 and
+# The H200 Triton configs that patch 0004 ships for the fused expert counts (V3/R1 with R=1 and
 # R=8) at the per-rank MoE intermediate sizes of TP 8, 4, 2, 1; tuned by benchmarks/tune_moe.py.
 CONFIG_DIR = "vllm/model_executor/layers/fused_moe/configs/"
 TUNED_SIZES = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 1536, 2048, 3072, 4096}

