@@ -16,8 +16,10 @@ apply:
 refresh:
 	ci/refresh.sh
 
-## make check        series applies, patch hygiene, whitespace, ruff (vLLM's and ours), shellcheck, hadolint; ports
+## make check        our code (ruff, shellcheck), Dockerfiles (hadolint), the series (applies, hygiene, vLLM's ruff), ports
 check:
+	ci/lint.sh
+	ci/lint-docker.sh
 	ci/check.sh
 	ci/check-ports.sh
 

@@ -18,9 +18,9 @@ Variants: NAME[,replicas=R][,site=DIR]; site is prepended to PYTHONPATH (stock
 vLLM lives in another site than the patched one). Processes alternate: each
 round runs every variant once, so a slow process cannot favour one variant.
 
-    python benchmarks/e2e.py --variants stock,site=/root/stock-site off fused,replicas=1 \\
+    python -m benchmarks.e2e --variants stock,site=/root/stock-site off fused,replicas=1 \\
         --rounds 2 --workloads itl throughput --out e2e.jsonl
-    python benchmarks/e2e.py --probe --out probe.jsonl
+    python -m benchmarks.e2e --probe --out probe.jsonl
 
 Per process, after warm-up generates that are dropped (each shape once):
 - itl: per batch B, ITL from vLLM's request stats of B requests of --itl-prompt
@@ -45,7 +45,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from realistic_routing import realistic_routing
+from benchmarks.realistic_routing import realistic_routing
+
+ROOT = Path(__file__).resolve().parents[1]
 
 BATCHES = [1, 4, 16, 64, 256]
 WORKLOADS = {
@@ -277,9 +279,9 @@ def run_worker(args, variant: dict, round_: int, model: Path, probe_mode: bool) 
         os.environ,
         VLLM_SHARED_EXPERT_FUSION_REPLICAS=variant.get("replicas", "0"),
         # apply_model sends realistic_routing to the engine process, which
-        # imports it from this folder.
+        # imports it from this repository.
         VLLM_ALLOW_INSECURE_SERIALIZATION="1",
-        PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     )
     if probe_mode:  # the probe patches the router in this process
         env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -287,7 +289,8 @@ def run_worker(args, variant: dict, round_: int, model: Path, probe_mode: bool) 
         env["PYTHONPATH"] = os.pathsep.join([variant["site"], env.get("PYTHONPATH", "")])
     cmd = [
         sys.executable,
-        __file__,
+        "-m",
+        "benchmarks.e2e",
         "--worker",
         "--model",
         str(model),
@@ -313,7 +316,7 @@ def run_worker(args, variant: dict, round_: int, model: Path, probe_mode: bool) 
     rows, tail = 0, []
     with (
         subprocess.Popen(
-            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         ) as proc,
         open(args.out, "a") as out,
     ):

@@ -22,6 +22,7 @@ mkdir -p "$OUT"
 BIN=${GPU_BIN:-.gpu/bin}
 export VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
 [ -d /root/site ] && export PYTHONPATH=/root/site${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # sefkit, benchmarks
 step=$1; shift
 case "$step" in
   stage) bash "$BIN/stage.sh" "$1" ;;
@@ -38,14 +39,14 @@ case "$step" in
     python3 -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__, torch.cuda.get_device_name())"
     ;;
   unit) python3 -m pytest -q -p no:cacheprovider "${1:-.gpu/tests}" 2>&1 | tee "$OUT/unit.log" | tail -n 15 ;;
-  check) python3 benchmarks/moe_layer.py check --out "$OUT/layer_check.json" "$@" ;;
+  check) python3 -m benchmarks.moe_layer check --out "$OUT/layer_check.json" "$@" ;;
   equiv)
     python3 -m pytest -q -s -p no:cacheprovider tests/test_fusion_gpu.py --basetemp=/root/equiv "$@" \
       2>&1 | tee "$OUT/equiv.log" | grep -E "prompt logprobs|passed|failed|Error" ;;
-  bench) python3 benchmarks/moe_layer.py bench --out "$OUT/layer_bench.json" "$@" ;;
-  profile) python3 benchmarks/moe_layer.py profile --out "$OUT/layer_profile.json" "$@" ;;
-  tune) python3 benchmarks/tune_moe.py --out-dir "$OUT" "$@" ;;
-  probe) python3 benchmarks/e2e.py --probe --variants stock,site=/root/stock-site --out "$OUT/probe.jsonl" "$@" ;;
-  e2e) python3 benchmarks/e2e.py --out "$OUT/e2e.jsonl" "$@" ;;
+  bench) python3 -m benchmarks.moe_layer bench --out "$OUT/layer_bench.json" "$@" ;;
+  profile) python3 -m benchmarks.moe_layer profile --out "$OUT/layer_profile.json" "$@" ;;
+  tune) python3 -m benchmarks.tune_moe --out-dir "$OUT" "$@" ;;
+  probe) python3 -m benchmarks.e2e --probe --variants stock,site=/root/stock-site --out "$OUT/probe.jsonl" "$@" ;;
+  e2e) python3 -m benchmarks.e2e --out "$OUT/e2e.jsonl" "$@" ;;
   *) echo "unknown step $step" >&2; exit 2 ;;
 esac

@@ -6,9 +6,9 @@ through vLLM's expert weight loader the way DeepseekV2Model.load_weights does
 ``maybe_fuse_shared_experts``): stock (separate shared MLP, on the
 shared-experts CUDA stream) and fused (VLLM_SHARED_EXPERT_FUSION_REPLICAS=R).
 
-    python benchmarks/moe_layer.py check [--dtype bf16 fp8] [--replicas 1 2]
-    python benchmarks/moe_layer.py bench [--dtype bf16 fp8] [--tp 8 1] --out F.json
-    python benchmarks/moe_layer.py profile [--dtype fp8] [--tokens 1 16 256] --out F.json
+    python -m benchmarks.moe_layer check [--dtype bf16 fp8] [--replicas 1 2]
+    python -m benchmarks.moe_layer bench [--dtype bf16 fp8] [--tp 8 1] --out F.json
+    python -m benchmarks.moe_layer profile [--dtype fp8] [--tokens 1 16 256] --out F.json
 
 ``check`` compares both layers with an fp32 reference computed from the same
 (dequantized) weights and routing: the fused layer must be as close to it as
@@ -34,9 +34,8 @@ from types import SimpleNamespace
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from graph_timing import capture, replay_us
-from tiny_deepseek import quantize_fp8_block
+from sefkit.graph_timing import capture, replay_us
+from sefkit.tiny_deepseek import quantize_fp8_block
 
 ENV = "VLLM_SHARED_EXPERT_FUSION_REPLICAS"
 DEVICE = "cuda"

@@ -1,6 +1,6 @@
 """Turn the raw GPU results in benchmarks/results/raw/ into the committed summary.
 
-    python benchmarks/summarize.py          # needs matplotlib for the plots
+    python -m benchmarks.summarize          # needs matplotlib for the plots
 
 Writes benchmarks/results/summary.json (one row per scenario, dtype, TP
 equivalent, batch and metric: stock, fused, ratio = fused / stock) and the

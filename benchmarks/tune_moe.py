@@ -14,7 +14,7 @@ or, with ``--candidates-from FILE``, the configs of an already tuned file (e.g.
 E=257's for E=264 at the same N: the same GEMM shapes with more slots).
 With ``--replicas R`` token t uses shared copy t % R, as the fused router does.
 
-    python benchmarks/tune_moe.py --experts 257 --top-k 9 --n 256 --dtype fp8 \\
+    python -m benchmarks.tune_moe --experts 257 --top-k 9 --n 256 --dtype fp8 \\
         --out-dir vllm/vllm/model_executor/layers/fused_moe/configs
 """
 
@@ -27,7 +27,8 @@ import os
 import time
 
 import torch
-from graph_timing import capture, replay_us
+
+from sefkit.graph_timing import capture, replay_us
 
 TOKENS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
 LARGER = [1024, 1536, 2048, 3072, 4096]  # the keys vLLM's own files have beyond 512

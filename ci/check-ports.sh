@@ -16,7 +16,7 @@ for dir in "$ROOT"/ports/*/; do
   name=ports/$(basename "$dir")
   [ -f "$dir/base.env" ] || { log "FAIL: $name has no base.env"; failed+=("$name"); continue; }
   base=$("$ROOT/ci/base-repo.sh" "$dir/base.env") || { failed+=("$name"); continue; }
-  BASE_FILE=$dir/base.env PATCH_DIR=$dir VLLM_DIR=$base SEF_CHECK_OWN=0 "$ROOT/ci/check.sh" \
+  BASE_FILE=$dir/base.env PATCH_DIR=$dir VLLM_DIR=$base "$ROOT/ci/check.sh" \
     || failed+=("$name")
   phase_done "$name"
 done

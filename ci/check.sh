@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# Check the patch queue and our own code, without touching vllm/'s work tree:
+# Check the patch queue (patches/, or PATCH_DIR with BASE_FILE for a port), without touching vllm/'s
+# work tree:
 #   (a) the series applies cleanly to the base (in a throw-away clone of vllm/, ci/scratch-tree.sh);
 #   (b) every patch has a subject, a body besides its trailers, and a Signed-off-by: line;
 #   (c) no patch adds whitespace errors (git diff --check);
 #   (d) vLLM's ruff, at the version its .pre-commit-config.yaml pins, with its pyproject.toml settings:
 #       `ruff check` and `ruff format --check` on every .py/.pyi file the series adds or changes;
 #   (e) patches/ is what `make refresh` would write (so apply + refresh is a byte-for-byte round trip);
-#   (f) ruff (ruff.toml) on our own Python, shellcheck on our shell scripts;
-#   (g) hadolint on our Dockerfiles (ci/lint-docker.sh: docker/Dockerfile*, .hadolint.yaml).
 #   ci/check.sh
+# Our own code is ci/lint.sh's job, the Dockerfiles ci/lint-docker.sh's (make check runs all three).
 # Runs every check it can, then exits 1 if any failed.
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -17,26 +17,6 @@ failures=()
 fail() { log "FAIL ($1): ${*:2}"; failures+=("$1"); }
 tools_bin=$("$ROOT/ci/tools.sh")
 ruff=$tools_bin/ruff
-
-# (f, g) our own code (SEF_CHECK_OWN=0 skips them: ci/rebase.sh checks a port's series only)
-if [ "${SEF_CHECK_OWN:-1}" = 1 ]; then
-own_py=$(cd "$ROOT" && git ls-files --cached --others --exclude-standard -- '*.py' | grep -v '^vllm/' || true)
-if [ -n "$own_py" ]; then
-  (cd "$ROOT" && "$ruff" check --config ruff.toml . && "$ruff" format --check --config ruff.toml .) \
-    || fail f "ruff on our Python (run: build/tools-venv/bin/ruff format . && build/tools-venv/bin/ruff check --fix .)"
-fi
-mapfile -t own_sh < <(cd "$ROOT" && { git ls-files --cached --others --exclude-standard -- '*.sh'; echo .ci/run; } | sort -u)
-(cd "$ROOT" && "$tools_bin/shellcheck" -x "${own_sh[@]}") || fail f "shellcheck"
-# GitHub workflows: actionlint where installed (its PyPI wrapper needs GitHub to build; tests parse them).
-if command -v actionlint >/dev/null && compgen -G "$ROOT/.github/workflows/*.yml" >/dev/null; then
-  (cd "$ROOT" && PATH=$tools_bin:$PATH actionlint) || fail f "actionlint"
-fi
-phase_done "(f) our code"
-
-# (g) our Dockerfiles
-"$ROOT/ci/lint-docker.sh" || fail g "hadolint on $DOCKER_DIR (ci/lint-docker.sh)"
-phase_done "(g) hadolint"
-fi
 
 # (a) the series applies, in a throw-away tree
 mkdir -p "$BUILD_DIR"

@@ -245,7 +245,7 @@ phase_done "refresh and commit"
 # --- what can run against the new base
 checks=()
 vstatus=0
-if BASE_FILE=$out/base.env PATCH_DIR=$out VLLM_DIR=$new_base BUILD_DIR=$work/check SEF_CHECK_OWN=0 \
+if BASE_FILE=$out/base.env PATCH_DIR=$out VLLM_DIR=$new_base BUILD_DIR=$work/check \
     "$ROOT/ci/check.sh"; then
   checks+=("- \`ci/check.sh\` on the port: passed (applies to the $to base with plain \`git am\`; subject, description and sign-off; no whitespace errors; vLLM's ruff; canonical form)")
 else

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run the tests with the test venv (.venv, made by ci/venv.sh from the wheels of ci/build-wheel.sh):
-#   1. our own tests, tests/*.py (pytest);
+#   1. our own tests, tests/ (pytest; by subject: queue/, fusion/, shipping/);
 #   2. the in-tree vLLM tests listed in tests/intree-tests.txt, in a throw-away copy of vllm/ with the
 #      series applied, as `pytest --import-mode=append` from that tree's root: `import vllm` resolves to
 #      the installed patched wheel, `import tests...` to the tree's tests/ (ci/pytest_intree.py checks).

@@ -6,7 +6,7 @@ saved as ``tokenizer.json`` + ``tokenizer_config.json``, which transformers' Aut
 vLLM and lm-eval) load from the model directory. Byte-level: every text can be encoded and every
 token id decodes to bytes. Ids 0 and 1 are ``<s>`` and ``</s>``, tiny_deepseek's bos and eos.
 
-    python tests/tiny_tokenizer.py OUT_DIR TEXT_FILE... [--vocab-size 512]
+    python -m sefkit.tiny_tokenizer OUT_DIR TEXT_FILE... [--vocab-size 512]
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Compare the outputs that tests/engine_run.py writes for two settings."""
+"""Compare the outputs that sefkit/engine_run.py writes for two settings."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """Fused vs unfused shared experts, end to end on vLLM's CPU backend.
 
-Every run is a separate engine process (tests/engine_run.py) that reads
+Every run is a separate engine process (sefkit/engine_run.py) that reads
 VLLM_SHARED_EXPERT_FUSION_REPLICAS at start-up, as users run vLLM, on tiny
 checkpoints with random weights loaded through the model's real weight
-loader (tests/tiny_deepseek.py). The runs start once per session, two at a
+loader (sefkit/tiny_deepseek.py). The runs start once per session, two at a
 time, and the tests below compare their outputs.
 
 Numerics, per architecture:
@@ -30,12 +30,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from compare import greedy_identical, prompt_logprob_diff, within_rounding
-from fusion_harness import Runs, launch_runs
-from tiny_deepseek import ARCHS, make_config, write_checkpoint
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+from sefkit.compare import greedy_identical, prompt_logprob_diff, within_rounding
+from sefkit.fusion_harness import Runs, launch_runs
+from sefkit.tiny_deepseek import ARCHS, make_config, write_checkpoint
+
+ROOT = Path(__file__).resolve().parents[2]
 ENV = "VLLM_SHARED_EXPERT_FUSION_REPLICAS"
 # The engine runs all start in the session fixture, inside the first test's
 # setup: give that setup room beyond pytest.ini's per-test timeout (each run
@@ -153,7 +153,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
         # One core per engine: two engines run side by side.
         env = {"VLLM_CPU_OMP_THREADS_BIND": str(lane % cores)}
         if name.startswith("stock-"):
-            env["PYTHONPATH"] = os.pathsep.join([str(stock), str(HERE)])
+            env["PYTHONPATH"] = os.pathsep.join([str(stock), str(ROOT)])
         if name.startswith("avx2-"):
             env.update(AVX2_ENV)
         return env
@@ -161,14 +161,17 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     return launch_runs(RUNS, checkpoints, root, lanes=2, env_for=env_for)
 
 
-def _check_structure(layers: list[dict], arch: str, replicas: int, dtype: str) -> None:
+def _check_structure(
+    layers: list[dict], arch: str, replicas: int, dtype: str, drafter: bool = False
+) -> None:
     """No shared MLP, n_routed + R * n_shared slots, each an exact copy; the
     router scales the routed weights (bf16, fp32) or the runner the output
     with shared entries of weight 1 / rsf (fp16)."""
     config = make_config(arch)
     n_routed, n_shared = config["n_routed_experts"], config["n_shared_experts"]
     rsf = config["routed_scaling_factor"]
-    assert len(layers) == config["num_hidden_layers"] - config["first_k_dense_replace"]
+    moe_layers = 1 if drafter else config["num_hidden_layers"] - config["first_k_dense_replace"]
+    assert len(layers) == moe_layers
     for layer in layers:
         if replicas == 0:
             assert layer["has_shared_mlp"], layer["name"]
@@ -262,7 +265,7 @@ def test_mtp_layer_is_fused(runs: Runs):
     fused, unfused = runs("fp32-1-mtp", "v3-mtp"), runs("fp32-0-mtp", "v3-mtp")
     (layer,) = fused["draft_layers"]
     assert "mtp_block" in layer["name"]
-    _check_structure([layer], "v3", 1, "float32")
+    _check_structure([layer], "v3", 1, "float32", drafter=True)
     assert unfused["draft_layers"][0]["has_shared_mlp"]
     # The drafter proposes the same tokens, so as many are accepted.
     assert fused["spec_decode"] == unfused["spec_decode"]

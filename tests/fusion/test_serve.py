@@ -1,8 +1,8 @@
 """`vllm serve` from the installed wheel, fusion off and on, driven over HTTP by the openai client.
 
-Two servers run the same tiny DeepSeek-V3-style checkpoint (tests/tiny_deepseek.py: random
+Two servers run the same tiny DeepSeek-V3-style checkpoint (sefkit/tiny_deepseek.py: random
 weights, loaded through the real weight loader) with a byte-level BPE tokenizer trained here
-(tests/tiny_tokenizer.py, on the texts of the eval parity test) and a plain chat template: one with
+(sefkit/tiny_tokenizer.py, on the texts of the eval parity test) and a plain chat template: one with
 VLLM_SHARED_EXPERT_FUSION_REPLICAS unset (stock vLLM), one with it set to 1. Each is the `vllm`
 console script, started as a user would (`vllm serve MODEL --host 127.0.0.1 --port P ...`), and
 gets the same scripted session through the `openai` package (a few dozen requests in all): /health,
@@ -61,8 +61,9 @@ import openai
 import pytest
 from conftest import LOCAL_VERSION, VERSION
 from test_eval_parity import _task_texts
-from tiny_deepseek import write_checkpoint
-from tiny_tokenizer import write_tokenizer
+
+from sefkit.tiny_deepseek import write_checkpoint
+from sefkit.tiny_tokenizer import write_tokenizer
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -108,7 +109,7 @@ VLLM = os.environ.get("SEF_SERVE_VLLM") or str(Path(sys.executable).parent / "vl
 
 
 def _questions(n: int) -> list[str]:
-    lines = (Path(__file__).parent / "eval_tasks" / "test.jsonl").read_text().splitlines()
+    lines = (Path(__file__).parents[1] / "eval_tasks" / "test.jsonl").read_text().splitlines()
     return [f"Question: {json.loads(line)['question']}\nAnswer:" for line in lines[:n]]
 
 

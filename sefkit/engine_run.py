@@ -4,7 +4,7 @@ Run in its own process, one per setting, as users run vLLM: the fusion
 setting is read from the environment at start-up. One process serves several
 checkpoints in turn (one engine each), which saves vLLM's import time.
 
-    python tests/engine_run.py OUT_DIR MODEL_DIR... --dtype bfloat16 --replicas 1
+    python sefkit/engine_run.py OUT_DIR MODEL_DIR... --dtype bfloat16 --replicas 1
 
 Writes OUT_DIR/<model dir name>.json with the prompts, prompt logprobs,
 greedy continuations with their top logprobs, and the structure of every MoE

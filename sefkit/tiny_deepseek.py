@@ -7,7 +7,7 @@ DeepSeek V2/V3 checkpoints (``...mlp.experts.{e}.gate_proj.weight``,
 ``...mlp.shared_experts.down_proj.weight``, ...), so both runs load the same
 numbers through ``DeepseekV2Model.load_weights``.
 
-Run as a script to write one: ``python tests/tiny_deepseek.py v3 OUT_DIR``.
+Run as a script to write one: ``python -m sefkit.tiny_deepseek v3 OUT_DIR``.
 """
 
 from __future__ import annotations

@@ -32,11 +32,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from compare import greedy_mismatches, prompt_logprob_diff, within_rounding
-from fusion_harness import HERE, Runs, launch_runs
-from tiny_deepseek import make_config, write_checkpoint
 
-REFERENCES = HERE / "data" / "gpu_reference"
+from sefkit.compare import greedy_mismatches, prompt_logprob_diff, within_rounding
+from sefkit.fusion_harness import HERE as SEFKIT
+from sefkit.fusion_harness import Runs, launch_runs
+from sefkit.tiny_deepseek import make_config, write_checkpoint
+
+REFERENCES = Path(__file__).resolve().parents[1] / "data" / "gpu_reference"
 
 GPU_SHAPES = dict(
     vocab_size=2048,
@@ -129,7 +131,7 @@ def write_references() -> None:
         root = Path(tmp)
         digests = write_checkpoints(root / "checkpoints")
         names = [name for name, (_, dtype, _) in MODELS.items() if dtype != "fp8"]
-        command = [sys.executable, str(HERE / "engine_run.py"), str(root / "out")]
+        command = [sys.executable, str(SEFKIT / "engine_run.py"), str(root / "out")]
         command += [str(root / "checkpoints" / n) for n in names]
         command += ["--dtype", "float32", "--replicas", "0"]
         subprocess.run(command, check=True)

@@ -3,8 +3,8 @@
 This runs `make eval`'s script, ci/eval.sh, offline: two lm-eval processes (``lm_eval --model
 vllm``, through tools/lm_eval_run.py) with VLLM_SHARED_EXPERT_FUSION_REPLICAS=0 and =1 and
 otherwise identical settings, then tools/eval_compare.py. The model is a tiny DeepSeek-V3-style
-checkpoint (tests/tiny_deepseek.py: random weights, loaded through the real weight loader) in
-float32, with a byte-level BPE tokenizer trained here on the tasks' text (tests/tiny_tokenizer.py).
+checkpoint (sefkit/tiny_deepseek.py: random weights, loaded through the real weight loader) in
+float32, with a byte-level BPE tokenizer trained here on the tasks' text (sefkit/tiny_tokenizer.py).
 The tasks are local (tests/eval_tasks/): sef_gsm_tiny, 32 GSM8K-style problems scored as lm-eval
 scores gsm8k (generate_until, greedy, a regex filter for the final number, exact_match), and
 sef_gsm_tiny_mc, the same questions as multiple choice (loglikelihoods of the options, acc).
@@ -31,18 +31,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from tiny_deepseek import write_checkpoint
-from tiny_tokenizer import write_tokenizer
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-TASK_DIR = HERE / "eval_tasks"
+from sefkit.tiny_deepseek import write_checkpoint
+from sefkit.tiny_tokenizer import write_tokenizer
+from tools import eval_compare
+
+ROOT = Path(__file__).resolve().parents[2]
+TASK_DIR = ROOT / "tests" / "eval_tasks"
 TASKS = ["sef_gsm_tiny", "sef_gsm_tiny_mc"]
 FUSION_LOG = "Shared-expert fusion (VLLM_SHARED_EXPERT_FUSION_REPLICAS=1)"
 # fp32 fused vs unfused: logprobs agree to ~1e-5 (see the docstring).
 LOGLIKELIHOOD_ATOL = 1e-4
-sys.path.insert(0, str(ROOT / "tools"))
-import eval_compare  # noqa: E402
 
 
 def _task_texts() -> list[str]:
@@ -68,8 +67,9 @@ def evaluation(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "TASKS": ",".join(TASKS),
         "REPLICAS": "1",
         "TP": "1",
+        # CPU_MLA on every CPU: vLLM picks AMX_MLA where the CPU has AMX, which has no fp32.
         "MODEL_ARGS": "dtype=float32,enforce_eager=True,gpu_memory_utilization=0.5,"
-        "max_model_len=512",
+        "max_model_len=512,attention_backend=CPU_MLA",
         "EXTRA": f"--include_path {TASK_DIR}",
         "EVAL_PYTHON": sys.executable,
         "EVAL_DIR": str(root),

@@ -8,15 +8,11 @@ file must keep the tuned sizes and fill larger ones as documented.
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 from conftest import ROOT
 
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import summarize
-import tune_moe
+from benchmarks import summarize, tune_moe
 
 ROW_KEYS = {"scenario", "dtype", "tp_equiv", "batch", "metric", "stock", "fused", "ratio"}
 ROW_KEYS |= {"gpu", "vllm", "date"}
