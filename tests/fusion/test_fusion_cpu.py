@@ -45,7 +45,7 @@ pytestmark = pytest.mark.timeout(3600)
 FP32_ATOL = 1e-4
 
 MODELS = ["v3", "v2-lite", "v2", "k2", "glm4-moe"]
-FUSED_REPLICAS = ["1", "2", "4"]
+FUSED_REPLICAS = ["1", "2"]
 NO_SHARED = ["v3-zero", "v3-null"]
 AVX2_MODELS = ["v3", "glm4-moe", "v3-zero"]
 AVX2_ENV = {"SEF_CPU_ISA": "avx2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
@@ -58,7 +58,6 @@ MTP_SPEC = json.dumps(
 RUNS: dict[str, tuple[list[str], list[str]]] = {
     "fp32-0": ([*MODELS, "v3-perturbed"], ["--dtype", "float32", "--replicas", "0"]),
     "fp32-1": (MODELS, ["--dtype", "float32", "--replicas", "1"]),
-    "bf16-unset": (MODELS, ["--dtype", "bfloat16", "--replicas", "unset"]),
     "stock-unset": (MODELS, ["--dtype", "bfloat16", "--replicas", "unset"]),
     "bf16-0": (
         [*MODELS, "v3-perturbed", *NO_SHARED],
@@ -69,7 +68,6 @@ RUNS: dict[str, tuple[list[str], list[str]]] = {
         ["--dtype", "bfloat16", "--replicas", "1", "--inspect"],
     ),
     "bf16-2": (MODELS, ["--dtype", "bfloat16", "--replicas", "2", "--inspect"]),
-    "bf16-4": (MODELS, ["--dtype", "bfloat16", "--replicas", "4", "--inspect"]),
     "fp16-0": (["v3", "v2"], ["--dtype", "float16", "--replicas", "0"]),
     "fp16-1": (["v3", "v2"], ["--dtype", "float16", "--replicas", "1", "--inspect"]),
     "fp32-0-mtp": (["v3-mtp"], ["--dtype", "float32", "--replicas", "0"]),
@@ -78,8 +76,6 @@ RUNS: dict[str, tuple[list[str], list[str]]] = {
     "avx2-bf16-0": (AVX2_MODELS, ["--dtype", "bfloat16", "--replicas", "0"]),
     "avx2-bf16-1": (AVX2_MODELS, ["--dtype", "bfloat16", "--replicas", "1", "--inspect"]),
     "lora-1": (["v3"], ["--replicas", "1", "--engine-arg", "enable_lora=true"]),
-    "negative": (["v3"], ["--replicas", "-1"]),
-    "not-an-integer": (["v3"], ["--replicas", "1.5"]),
 }
 for _name in ("fp32-0-mtp", "fp32-1-mtp"):
     RUNS[_name][1].extend(
@@ -205,10 +201,9 @@ def test_structure_fp16(runs: Runs, model: str):
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_unset_and_zero_are_stock_vllm_bit_for_bit(runs: Runs, model: str):
-    stock = runs("stock-unset", model)
-    assert runs("bf16-unset", model)["sequences"] == stock["sequences"]
-    assert runs("bf16-0", model)["sequences"] == stock["sequences"]
+def test_setting_off_is_stock_vllm_bit_for_bit(runs: Runs, model: str):
+    """R = 0 (unset parses to 0: tests/test_envs.py in-tree) is the unpatched wheel's output."""
+    assert runs("bf16-0", model)["sequences"] == runs("stock-unset", model)["sequences"]
 
 
 def _fp32_close(fused: dict, unfused: dict) -> tuple[bool, str]:
@@ -322,8 +317,6 @@ def test_avx2_path_zero_shared_experts(runs: Runs):
             "v3-fp8-per-tensor",
             f"{ENV}=1 is not supported for .*only implemented for block-quantized",
         ),
-        ("negative", "v3", f"Invalid value '-1' for {ENV}: expected a non-negative"),
-        ("not-an-integer", "v3", f"Invalid value '1.5' for {ENV}"),
     ],
 )
 def test_refusals(runs: Runs, run: str, model: str, message: str):
