@@ -5,35 +5,32 @@ shared slot exactly as it holds its slice of the routed experts (the
 intermediate dimension: rows of gate and up, columns of down, FP8 block scales
 alike), also where the shared expert is split into several slots (V2-Lite's
 two shared experts: the split into slots and the split over ranks interact),
-and the copy that a token uses must not depend on the rank. Each engine here
-runs as users run TP on CPU: tensor_parallel_size=2, one worker process per
-rank (VLLM_CPU_OMP_THREADS_BIND="0|1", one core each), enforce_eager; one
-engine process per setting serves several checkpoints in turn (engine_run.py;
-a checkpoint whose engine crashes runs again alone, so the failure names it).
+and the copy that a token uses must not depend on the rank. Each engine runs
+as users run TP on CPU: tensor_parallel_size=2, one worker process per rank
+(VLLM_CPU_OMP_THREADS_BIND="0|1", one core each), enforce_eager; one engine
+process per setting serves several checkpoints in turn (engine_run.py; a
+checkpoint whose engine crashes runs again alone, so the failure names it).
 
 Checks, per checkpoint:
-- structure, on every rank (engine_run.py --inspect, one function run on each
-  worker): no shared MLP, n_routed + R * n_shared slots, every slot equal to
-  this rank's slice of the checkpoint's shared expert and not to the other
-  rank's, and the router's shared entries the same on both ranks (token t:
-  copy t % R);
+- structure, on every rank (engine_run.py --inspect runs on each worker): no
+  shared MLP, n_routed + R * n_shared slots, every slot equal to this rank's
+  slice of the checkpoint's shared expert and not to the other rank's, and the
+  router's shared entries the same on both ranks (token t: copy t % R);
 - fp32 (V3, V2-Lite, K2; R=2): prompt logprobs agree with the unfused run to
-  FP32_ATOL, greedy continuations are identical;
-- bf16 (V3, V2-Lite; R=1) and FP8 block (V3 with [128, 128] blocks, bf16
-  activations; R=1): the fused run is as close to an fp32 reference as the
+  FP32_ATOL, greedy continuations are identical. R=2 uses both copies, and
+  copy 0 is R=1's, so this checks R=1's slots too;
+- bf16 (V3) and FP8 block (V2-Lite shapes, [128, 128] blocks, bf16
+  activations), R=1: the fused run is as close to an fp32 reference as the
   unfused run (compare.within_rounding, as at TP=1). The FP8 reference is the
   unfused fp32 run of the same weights dequantized.
 
-R=1 and R=2 put the same numbers in the slots a token uses, so R=2 in fp32
-also checks R=1's slots; R=1 is the bf16/FP8 setting users pick.
-
 Upstream nondeterminism: stock vLLM-CPU 0.32.0 was once seen to continue one
-greedy sequence differently at TP=2 from a decode step (prompt logprobs, one
-prefill step, were not affected). Prompt logprobs are therefore compared once;
-where greedy continuations of a fused and the unfused run disagree, both runs
-are repeated for that checkpoint, the test passes if some fused and unfused
-run agree, and it warns (TPFlakinessWarning) with both runs' tokens. A fusion
-bug parts every pair. docs/cpu-tp.md describes what was found about it.
+greedy sequence differently at TP=2 from a decode step (not reproduced here).
+Prompt logprobs, one prefill step, are compared once; where a check of greedy
+continuations fails, both runs repeat for that checkpoint, and the test passes
+if some pairing of runs and repetitions passes, warning TPFlakinessWarning
+with every run's tokens. A fusion bug fails every pairing. docs/cpu-tp.md has
+the findings, time and settings; tests/cpu_repro.py the reproductions.
 """
 
 from __future__ import annotations
@@ -67,6 +64,20 @@ FP8_SHAPES = dict(
     qk_nope_head_dim=128,
     v_head_dim=128,
 )
+# DeepSeek's YaRN rope, as the released V2/V3/K2 checkpoints configure it. Without
+# rope scaling, vLLM-CPU 0.32.0's rotary kernel rotates the wrong elements of
+# MLA's q and k, depending on a token's index in the batch (docs/cpu-tp.md).
+YARN = dict(
+    rope_scaling={
+        "type": "yarn",
+        "factor": 4.0,
+        "original_max_position_embeddings": 128,
+        "beta_fast": 32,
+        "beta_slow": 1,
+        "mscale": 1.0,
+        "mscale_all_dim": 1.0,
+    }
+)
 CHECKPOINTS: dict[str, tuple[str, dict]] = {
     "v3": ("v3", {}),
     "v2-lite": ("v2-lite", {}),
@@ -96,7 +107,7 @@ class TPFlakinessWarning(UserWarning):
 
 def _write_checkpoints(root: Path) -> None:
     for name, (arch, shapes) in CHECKPOINTS.items():
-        write_checkpoint(root / name, arch, fp8_block=name.endswith("-fp8"), **shapes)
+        write_checkpoint(root / name, arch, fp8_block=name.endswith("-fp8"), **YARN, **shapes)
     _write_dequantized(root / "v2-lite-fp8", root / "v2-lite-fp8-dequant")
 
 
