@@ -6,8 +6,8 @@
     python tests/cpu_repro.py ep                # TP=2 + enable_expert_parallel (worker crash)
     python tests/cpu_repro.py ep-kernel [mapped]  # seconds: the CPU MoE kernel given global ids
 
-All use tiny random checkpoints (tests/tiny_deepseek.py), fusion off (stock
-vLLM), fp32, enforce_eager, CPU_MLA, and print what they find;
+The engines use tiny random checkpoints (tests/tiny_deepseek.py), fusion off
+(stock vLLM), fp32 unless told, enforce_eager, CPU_MLA, and print what they find;
 docs/cpu-tp.md has the results.
 
 rope: torch.ops._C.rotary_embedding on CPU (csrc/cpu/pos_encoding.cpp) takes
@@ -15,8 +15,9 @@ num_heads = query.size(-1) / head_size and the token stride from
 query.stride(-2), i.e. it assumes [num_tokens, num_heads * head_size].
 MLA calls it with q[..., qk_nope_head_dim:] of shape [T, H, rope_dim] and
 k_pe of shape [T, 1, rope_dim]: one "head" per token, at the head stride. So
-for token t it rotates head t % H of token t // H (and, in k_pe's buffer,
-rows t * rope_dim) with position t's angles; most of q and k stay unrotated.
+for token t it rotates head t % H of token t // H (and, in k_pe's buffer, the
+rope_dim elements at offset t * rope_dim) with position t's angles; most of q
+and k stay unrotated.
 The CUDA kernel was fixed for these shapes upstream (vLLM PR #12777); the CPU
 one was not. Output: max |CPU kernel - forward_native| for MLA's 3-D views
 (wrong, order 1) and for 2-D contiguous tensors (0).
