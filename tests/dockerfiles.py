@@ -34,7 +34,8 @@ ALLOWED = {
     "useradd": "users and permissions",
     "id": "check",
     "test": "check",
-    "pip": "set-up or install: pinned packages, requirement files, wheel files (pip_problem)",
+    "pip": "set-up or install: pinned packages, requirement files, wheel files; uninstalls by name"
+    " (pip_problem)",
     "python3": "python3 -m venv, python3 -m pip (as pip), python3 docker/verify_image.py",
     "flashinfer": "set-up: `flashinfer download-kernels`, FlashInfer's precompiled kernels",
 }
@@ -162,8 +163,15 @@ def simple_commands(ins: Instruction) -> list[list[str]]:
 
 def pip_problem(args: list[str]) -> str | None:
     """Why `pip ARGS` would be a build step (or an unchecked install), else None."""
+    if args and args[0] == "uninstall":
+        names = [w for w in args[1:] if w not in {"-y", "--yes", "-q", "--quiet"}]
+        odd = [w for w in names if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", w)]
+        return f"`pip uninstall {' '.join(odd)}`: distribution names only" if odd else None
     if not args or args[0] != "install":
-        return f"`pip {' '.join(args[:1])}` (only `pip install` is allowed; `pip wheel` builds)"
+        return (
+            f"`pip {' '.join(args[:1])}` (only `pip install` and `pip uninstall` are allowed;"
+            " `pip wheel` builds)"
+        )
     takes_value = {"-r", "--requirement", "-c", "--constraint", "--index-url", "--extra-index-url"}
     no_value = {"--no-deps", "--no-cache-dir", "--upgrade", "-U", "--quiet", "-q"}
     words = args[1:]
