@@ -28,6 +28,7 @@ ALLOWED = {
     "apt-get": "set-up: system packages (install, update, clean only)",
     "rm": "housekeeping",
     "mkdir": "housekeeping",
+    "ln": "housekeeping",
     "chown": "users and permissions",
     "chmod": "users and permissions",
     "chgrp": "users and permissions",

@@ -244,7 +244,7 @@ def test_cuda_image_takes_the_torch_of_the_official_wheel(base_repo: Path) -> No
     assert args["TORCH_CUDA_MAJOR"] == args["CUDA_TOOLKIT_VERSION"].split(".")[0]
     run = next(i for i in final_stage("Dockerfile.cuda") if i.keyword == "RUN" and ".whl" in i.args)
     pip = next(w for w in simple_commands(run) if w[:3] == ["python3", "-m", "pip"])
-    assert '"torch==${TORCH_VERSION}"' in run.args
+    assert '"torch===${TORCH_VERSION}"' in run.args  # exactly PyPI's CUDA build, not +cpu
     assert "--no-deps" not in pip
     (check,) = [w for w in simple_commands(run) if w[0] == "python3" and "verify_image.py" in w[1]]
     assert check[check.index("--cuda-major") + 1] == "${TORCH_CUDA_MAJOR}"
