@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from conftest import LOCAL_VERSION, ROOT, VERSION
+from conftest import LOCAL_VERSION, PATCHED, ROOT, VERSION
 from test_eval_parity import _task_texts
 from test_serve import CHAT_TEMPLATE, CONVERSATIONS, FUSION_LOG, MAX_MODEL_LEN, MODEL_NAME, PROMPTS
 from tiny_deepseek import write_checkpoint
@@ -299,6 +299,20 @@ def test_vllm_version_in_the_image(served: Served) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == f"{VERSION}+{LOCAL_VERSION}"
+
+
+def test_the_image_holds_the_wheel_the_suite_tests(served: Served) -> None:
+    """The image's wheel, built by make in its build stage, is byte for byte dist/'s (make build
+    is reproducible): the one the test venv has and the rest of the suite tests."""
+    proc = subprocess.run(
+        _beside(served, "cat", "/opt/vllm-sef/SHA256SUMS"), capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    image = dict(reversed(line.split()) for line in proc.stdout.splitlines())
+    dist = dict(
+        reversed(line.split()) for line in (ROOT / "dist" / "SHA256SUMS").read_text().splitlines()
+    )
+    assert image[PATCHED["cpu"]] == dist[PATCHED["cpu"]]
 
 
 def test_health_check_command_in_the_image(served: Served) -> None:
