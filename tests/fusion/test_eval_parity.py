@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pytest
 
+from sefkit.serving import FUSION_LOG, task_texts
 from sefkit.tiny_deepseek import write_checkpoint
 from sefkit.tiny_tokenizer import write_tokenizer
 from tools import eval_compare
@@ -39,18 +40,8 @@ from tools import eval_compare
 ROOT = Path(__file__).resolve().parents[2]
 TASK_DIR = ROOT / "tests" / "eval_tasks"
 TASKS = ["sef_gsm_tiny", "sef_gsm_tiny_mc"]
-FUSION_LOG = "Shared-expert fusion (VLLM_SHARED_EXPERT_FUSION_REPLICAS=1)"
 # fp32 fused vs unfused: logprobs agree to ~1e-5 (see the docstring).
 LOGLIKELIHOOD_ATOL = 1e-4
-
-
-def _task_texts() -> list[str]:
-    texts = []
-    for split in ("train", "test"):
-        for line in (TASK_DIR / f"{split}.jsonl").read_text().splitlines():
-            doc = json.loads(line)
-            texts.append(f"Question: {doc['question']}\nAnswer: {doc['answer']}\n\n")
-    return texts
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +49,7 @@ def evaluation(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """ci/eval.sh on the tiny model; returns its output directory."""
     root = tmp_path_factory.mktemp("eval-parity")
     model = root / "tiny-v3"
-    vocab = write_tokenizer(model, _task_texts(), vocab_size=512)
+    vocab = write_tokenizer(model, task_texts(), vocab_size=512)
     write_checkpoint(model, "v3", dtype="float32", vocab_size=vocab)
     cores = os.cpu_count() or 1
     env = {

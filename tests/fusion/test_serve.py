@@ -60,27 +60,25 @@ import httpx
 import openai
 import pytest
 from conftest import LOCAL_VERSION, VERSION
-from test_eval_parity import _task_texts
 
-from sefkit.tiny_deepseek import write_checkpoint
-from sefkit.tiny_tokenizer import write_tokenizer
+from sefkit.serving import (
+    CONVERSATIONS,
+    FUSION_LOG,
+    MAX_MODEL_LEN,
+    MODEL_NAME,
+    PROMPTS,
+    write_served_model,
+)
 
 pytestmark = pytest.mark.timeout(900)
 
-MODEL_NAME = "tiny-deepseek-v3"
-MAX_MODEL_LEN = 256
 MAX_TOKENS = 24
 TOP_LOGPROBS = 5
 REQUEST_TIMEOUT = 120.0
-FUSION_LOG = "Shared-expert fusion (VLLM_SHARED_EXPERT_FUSION_REPLICAS=1)"
 # float32: fused vs unfused per logprob (tests/test_fusion_cpu.py's FP32_ATOL).
 FP32_ATOL = 1e-4
 # bf16: mean |logprob difference| over the positions compared.
 BF16_MEAN_ATOL = 0.1
-CHAT_TEMPLATE = (
-    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}assistant:{% endif %}"
-)
 SETTINGS = {"off": None, "on": "1"}
 
 
@@ -108,16 +106,6 @@ STARTUP_TIMEOUT = float(os.environ.get("SEF_SERVE_STARTUP_TIMEOUT", "300"))
 VLLM = os.environ.get("SEF_SERVE_VLLM") or str(Path(sys.executable).parent / "vllm")
 
 
-def _questions(n: int) -> list[str]:
-    lines = (Path(__file__).parents[1] / "eval_tasks" / "test.jsonl").read_text().splitlines()
-    return [f"Question: {json.loads(line)['question']}\nAnswer:" for line in lines[:n]]
-
-
-PROMPTS = [*_questions(3), "The"]
-CONVERSATIONS = [
-    [{"role": "user", "content": q.removeprefix("Question: ").removesuffix("\nAnswer:")}]
-    for q in _questions(2)
-]
 # Byte-level BPE: at least one token a digit group, so well over MAX_MODEL_LEN tokens.
 LONG_PROMPT = " ".join(str(i) for i in range(2 * MAX_MODEL_LEN))
 
@@ -143,16 +131,12 @@ def _device_options(lane: int) -> tuple[list[str], dict[str, str]]:
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny checkpoint with its tokenizer and a chat template file beside it."""
     root = tmp_path_factory.mktemp("serve")
-    model = root / "tiny-v3"
-    vocab = write_tokenizer(model, _task_texts(), vocab_size=512)
     shapes: dict[str, Any] = {}
     if DEVICE == "cuda":
         from test_fusion_gpu import GPU_SHAPES
 
         shapes = {**GPU_SHAPES, "q_lora_rank": 256}
-    write_checkpoint(model, "v3", dtype="float32", **{**shapes, "vocab_size": vocab})
-    (root / "chat.jinja").write_text(CHAT_TEMPLATE)
-    return model
+    return write_served_model(root, **shapes)
 
 
 def _free_port() -> int:

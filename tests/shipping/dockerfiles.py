@@ -28,13 +28,15 @@ ALLOWED = {
     "apt-get": "set-up: system packages (install, update, clean only)",
     "rm": "housekeeping",
     "mkdir": "housekeeping",
+    "ln": "housekeeping",
     "chown": "users and permissions",
     "chmod": "users and permissions",
     "chgrp": "users and permissions",
     "useradd": "users and permissions",
     "id": "check",
     "test": "check",
-    "pip": "set-up or install: pinned packages, requirement files, wheel files (pip_problem)",
+    "pip": "set-up or install: pinned packages, requirement files, wheel files; uninstalls by name"
+    " (pip_problem)",
     "python3": "python3 -m venv, python3 -m pip (as pip), python3 docker/verify_image.py",
     "flashinfer": "set-up: `flashinfer download-kernels`, FlashInfer's precompiled kernels",
 }
@@ -162,8 +164,15 @@ def simple_commands(ins: Instruction) -> list[list[str]]:
 
 def pip_problem(args: list[str]) -> str | None:
     """Why `pip ARGS` would be a build step (or an unchecked install), else None."""
+    if args and args[0] == "uninstall":
+        names = [w for w in args[1:] if w not in {"-y", "--yes", "-q", "--quiet"}]
+        odd = [w for w in names if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", w)]
+        return f"`pip uninstall {' '.join(odd)}`: distribution names only" if odd else None
     if not args or args[0] != "install":
-        return f"`pip {' '.join(args[:1])}` (only `pip install` is allowed; `pip wheel` builds)"
+        return (
+            f"`pip {' '.join(args[:1])}` (only `pip install` and `pip uninstall` are allowed;"
+            " `pip wheel` builds)"
+        )
     takes_value = {"-r", "--requirement", "-c", "--constraint", "--index-url", "--extra-index-url"}
     no_value = {"--no-deps", "--no-cache-dir", "--upgrade", "-U", "--quiet", "-q"}
     words = args[1:]
@@ -317,7 +326,8 @@ def runs_in_tests(tests_dir: Path) -> list[Run]:
     """What our test modules run: run_script("<ci script>", ...) calls and literal make commands
     (a list or tuple of strings that starts with "make"), with the enclosing function."""
     found = []
-    for path in sorted(tests_dir.glob("*.py")):
+    for path in sorted(tests_dir.rglob("*.py")):
+        module = path.relative_to(tests_dir).as_posix()
         tree = ast.parse(path.read_text(), filename=str(path))
         for func in ast.walk(tree):
             if not isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef):
@@ -331,10 +341,10 @@ def runs_in_tests(tests_dir: Path) -> list[Run]:
                     and isinstance(node.args[0], ast.Constant)
                     and isinstance(node.args[0].value, str)
                 ):
-                    found.append(Run(path.name, func.name, "script", node.args[0].value))
+                    found.append(Run(module, func.name, "script", node.args[0].value))
                 if isinstance(node, ast.List | ast.Tuple):
                     words = [constant_str(e) for e in node.elts]
                     if words and words[0] == "make":
                         for target in make_targets(words[1:]):
-                            found.append(Run(path.name, func.name, "make", target))
+                            found.append(Run(module, func.name, "make", target))
     return sorted(set(found), key=lambda r: (r.module, r.function, r.kind, r.name))

@@ -85,7 +85,8 @@ def test_readme_vllm_version_runs() -> None:
 def test_readme_image_tag_follows_the_base() -> None:
     tags = re.findall(r"vllm-sef:(\S+)", README.read_text())
     assert tags
-    assert set(tags) == {f"{VERSION}-{LOCAL_VERSION}"}
+    variants = {"", "-cpu", "-cuda", "-source"}  # the Makefile's docker-* images
+    assert set(tags) <= {f"{VERSION}-{LOCAL_VERSION}{v}" for v in variants}, tags
 
 
 def test_testing_doc_covers_every_test_file() -> None:
