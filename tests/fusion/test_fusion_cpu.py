@@ -121,7 +121,12 @@ def _scale_shared_down_proj(model_dir: Path, factor: float) -> None:
 
 
 def _stock_vllm(tmp: Path) -> Path:
-    """The unpatched vllm package from the official CPU wheel, for PYTHONPATH."""
+    """The folder of the unpatched vllm package, for PYTHONPATH: the official CPU wheel's, or
+    SEF_STOCK_VLLM's (ci/port-e2e.sh: a newer base's sources without the series)."""
+    if os.environ.get("SEF_STOCK_VLLM"):
+        stock = Path(os.environ["SEF_STOCK_VLLM"])
+        assert (stock / "vllm" / "__init__.py").is_file(), f"SEF_STOCK_VLLM={stock}: no vllm/ there"
+        return stock
     wheel = subprocess.run(
         [str(ROOT / "ci" / "fetch.sh"), "cpu-wheel"],
         check=True,
@@ -149,7 +154,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
         # One core per engine: two engines run side by side.
         env = {"VLLM_CPU_OMP_THREADS_BIND": str(lane % cores)}
         if name.startswith("stock-"):
-            env["PYTHONPATH"] = os.pathsep.join([str(stock), str(ROOT)])
+            # First on the path: it shadows any vllm further on (a hybrid's, ci/port-e2e.sh).
+            path = [str(stock), str(ROOT), *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+            env["PYTHONPATH"] = os.pathsep.join(p for p in path if p)
         if name.startswith("avx2-"):
             env.update(AVX2_ENV)
         return env
