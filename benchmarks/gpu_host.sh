@@ -11,6 +11,7 @@
 #   benchmarks/gpu_host.sh equiv           end-to-end fused vs unfused engines (pytest)
 #   benchmarks/gpu_host.sh bench [ARGS]    layer benchmark (benchmarks/moe_layer.py bench)
 #   benchmarks/gpu_host.sh profile [ARGS]  per-kernel tables (benchmarks/moe_layer.py profile)
+#   benchmarks/gpu_host.sh routing [ARGS]  the fused routing's variants timed (benchmarks/routing.py)
 #   benchmarks/gpu_host.sh tune [ARGS]     Triton tile tuning (benchmarks/tune_moe.py)
 #   benchmarks/gpu_host.sh probe [ARGS]    distinct experts per step (benchmarks/e2e.py --probe)
 #   benchmarks/gpu_host.sh e2e [ARGS]      ITL/TTFT/throughput, stock/off/fused (benchmarks/e2e.py)
@@ -45,6 +46,7 @@ case "$step" in
       2>&1 | tee "$OUT/equiv.log" | grep -E "prompt logprobs|passed|failed|Error" ;;
   bench) python3 -m benchmarks.moe_layer bench --out "$OUT/layer_bench.json" "$@" ;;
   profile) python3 -m benchmarks.moe_layer profile --out "$OUT/layer_profile.json" "$@" ;;
+  routing) python3 -m benchmarks.routing --out "$OUT/routing.json" "$@" ;;
   tune) python3 -m benchmarks.tune_moe --out-dir "$OUT" "$@" ;;
   probe) python3 -m benchmarks.e2e --probe --variants stock,site=/root/stock-site --out "$OUT/probe.jsonl" "$@" ;;
   e2e) python3 -m benchmarks.e2e --out "$OUT/e2e.jsonl" "$@" ;;

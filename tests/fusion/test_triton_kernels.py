@@ -3,9 +3,10 @@
 Patch 0003 routes fused layers with ``_grouped_topk_fused_shared_kernel``
 (vllm/model_executor/layers/fused_moe/router/grouped_topk_router.py), which
 CI's CPU backend never runs: vLLM disables Triton without a GPU. Its source,
-taken from the installed patched wheel, runs here in Triton's interpreter
-(TRITON_INTERPRET=1, one subprocess) against a torch reference of DeepSeek's
-grouped top-k followed by the fused shared experts' entries.
+taken from the installed patched wheel (sefkit/routing_kernel.py), runs here in
+Triton's interpreter (TRITON_INTERPRET=1, one subprocess) against a torch
+reference of DeepSeek's grouped top-k followed by the fused shared experts'
+entries, at Triton's default launch and with one warp.
 """
 
 from __future__ import annotations
@@ -17,24 +18,11 @@ import textwrap
 
 SCRIPT = textwrap.dedent(
     """
-    import ast
-    import importlib.util
-    import pathlib
-
     import torch
-    import triton
-    import triton.language as tl
 
-    spec = importlib.util.find_spec("vllm")
-    path = pathlib.Path(spec.submodule_search_locations[0])
-    path = path / "model_executor/layers/fused_moe/router/grouped_topk_router.py"
-    tree = ast.parse(path.read_text())
-    wanted = {"_grouped_topk_fused_shared_kernel", "grouped_topk_fused_shared_experts"}
-    nodes = [n for n in tree.body if getattr(n, "name", None) in wanted]
-    assert {n.name for n in nodes} == wanted, [n.name for n in nodes]
-    namespace = {"torch": torch, "triton": triton, "tl": tl}
-    exec(compile(ast.Module(nodes, []), str(path), "exec"), namespace)
-    kernel = namespace["grouped_topk_fused_shared_experts"]
+    from sefkit.routing_kernel import fused_routing
+
+    kernels = [fused_routing(), fused_routing(num_warps=1)]
 
 
     def reference(logits, bias, top_k, renorm, groups, topk_group, scoring, rsf):
@@ -65,34 +53,35 @@ SCRIPT = textwrap.dedent(
         (20, 4, 2, 3, "sigmoid", True, True),  # groups of 5: masked lanes
     ]
     checked = 0
-    for experts, groups, topk_group, top_k, scoring, bias, renorm in cases:
-        for tokens in (1, 5, 33):
-            for n_shared, replicas in ((1, 1), (2, 3)):
-                logits = torch.randn(tokens, experts)
-                b = 0.1 * torch.randn(experts) if bias else None
-                args = (logits, logits, top_k, renorm, groups, topk_group, scoring, 2.5, b)
-                weights, ids = kernel(
-                    *args,
-                    num_fused_shared_experts=n_shared,
-                    replicas=replicas,
-                    first_shared_id=experts,
-                    shared_expert_weight=0.4,
-                )
-                assert weights.shape == ids.shape == (tokens, top_k + n_shared)
-                ref_w, ref_ids = reference(
-                    logits, b, top_k, renorm, groups, topk_group, scoring, 2.5
-                )
-                got = ids[:, :top_k].long().sort(1)
-                want = ref_ids.sort(1)
-                assert torch.equal(got.values, want.values), (experts, tokens)
-                torch.testing.assert_close(
-                    weights[:, :top_k].gather(1, got.indices), ref_w.gather(1, want.indices)
-                )
-                for t in range(tokens):
-                    first = experts + (t % replicas) * n_shared
-                    assert ids[t, top_k:].tolist() == list(range(first, first + n_shared))
-                assert (weights[:, top_k:] == 0.4).all()
-                checked += 1
+    for kernel in kernels:
+        for experts, groups, topk_group, top_k, scoring, bias, renorm in cases:
+            for tokens in (1, 5, 33):
+                for n_shared, replicas in ((1, 1), (2, 3)):
+                    logits = torch.randn(tokens, experts)
+                    b = 0.1 * torch.randn(experts) if bias else None
+                    args = (logits, logits, top_k, renorm, groups, topk_group, scoring, 2.5, b)
+                    weights, ids = kernel(
+                        *args,
+                        num_fused_shared_experts=n_shared,
+                        replicas=replicas,
+                        first_shared_id=experts,
+                        shared_expert_weight=0.4,
+                    )
+                    assert weights.shape == ids.shape == (tokens, top_k + n_shared)
+                    ref_w, ref_ids = reference(
+                        logits, b, top_k, renorm, groups, topk_group, scoring, 2.5
+                    )
+                    got = ids[:, :top_k].long().sort(1)
+                    want = ref_ids.sort(1)
+                    assert torch.equal(got.values, want.values), (experts, tokens)
+                    torch.testing.assert_close(
+                        weights[:, :top_k].gather(1, got.indices), ref_w.gather(1, want.indices)
+                    )
+                    for t in range(tokens):
+                        first = experts + (t % replicas) * n_shared
+                        assert ids[t, top_k:].tolist() == list(range(first, first + n_shared))
+                    assert (weights[:, top_k:] == 0.4).all()
+                    checked += 1
     print("checked", checked)
     """
 )
@@ -104,4 +93,4 @@ def test_grouped_topk_kernel_writes_routing_and_shared_entries() -> None:
         [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
-    assert "checked 24" in proc.stdout, proc.stdout
+    assert "checked 48" in proc.stdout, proc.stdout

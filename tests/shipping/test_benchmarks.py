@@ -2,17 +2,21 @@
 
 benchmarks/results/summary.json must be exactly what benchmarks/summarize.py computes from the raw
 files beside it, in the row format issue 4 asks for; tune_moe.py's completion of a tuned config
-file must keep the tuned sizes and fill larger ones as documented.
+file must keep the tuned sizes and fill larger ones as documented; benchmarks/routing.py's variants
+agree on a CPU (the Triton kernel interpreted), and its agreement check catches what it must.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
+import torch
 from conftest import ROOT
 
-from benchmarks import summarize, tune_moe
+from benchmarks import routing, summarize, tune_moe
 
 ROW_KEYS = {"scenario", "dtype", "tp_equiv", "batch", "metric", "stock", "fused", "ratio"}
 ROW_KEYS |= {"gpu", "vllm", "date"}
@@ -72,3 +76,28 @@ def test_untuned_sizes_without_a_seed_get_vllms_default_tiles(shape) -> None:
         default = get_default_config(m, experts, n, hidden, top_k, dtype, block)
         assert "SPLIT_K" not in out[str(m)]
         assert out[str(m)] == {k: v for k, v in default.items() if k != "SPLIT_K"}
+
+
+def test_routing_variants_agree_on_cpu() -> None:
+    """Every variant benchmarks/routing.py times on a GPU routes as vLLM's grouped top-k + the
+    shared entries' append does (the Triton kernel at 1-8 warps in Triton's interpreter), two
+    copies of the shared expert."""
+    cmd = ["-m", "benchmarks.routing", "--device", "cpu", "--tokens", "1", "3", "--replicas", "2"]
+    proc = subprocess.run(
+        [sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert "all variants agree (24 rows)" in proc.stdout, proc.stdout
+
+
+def test_routing_agreement_catches_differences() -> None:
+    weights = torch.tensor([[0.5, 0.3, 1.0], [0.6, 0.2, 1.0]])
+    ids = torch.tensor([[4, 1, 8], [2, 3, 9]], dtype=torch.int32)
+    assert routing.agree((weights, ids), (weights, ids)) is None
+    # The same experts in another order, weights with them: equal.
+    assert routing.agree((weights[:, [1, 0, 2]], ids[:, [1, 0, 2]]), (weights, ids)) is None
+    other = ids.clone()
+    other[1, 2] = 8  # the other copy of the shared expert
+    assert routing.agree((weights, other), (weights, ids)) == "experts differ in 1 token(s)"
+    assert "weights differ by" in routing.agree((weights + 1e-3, ids), (weights, ids))
+    assert "shape" in routing.agree((weights[:, :2], ids[:, :2]), (weights, ids))
