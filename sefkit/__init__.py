@@ -6,6 +6,8 @@
 - fusion_harness: launch engine_run processes, read their outputs
 - compare: fused vs unfused outputs (logprobs, greedy continuations, rounding)
 - graph_timing: CUDA-graph replay timing
+- serving: the tiny model `vllm serve` tests serve, their requests, starting and stopping a server
+- routing_kernel: the series' Triton routing kernel from the installed vLLM, warps settable
 
 Importable from the repository root (pytest.ini's pythonpath; `python -m benchmarks.<script>`).
 """

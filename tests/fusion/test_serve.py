@@ -41,12 +41,9 @@ not beside that Python).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shlex
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -67,6 +64,9 @@ from sefkit.serving import (
     MAX_MODEL_LEN,
     MODEL_NAME,
     PROMPTS,
+    free_port,
+    stop_group,
+    wait_healthy,
     write_served_model,
 )
 
@@ -139,12 +139,6 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_served_model(root, **shapes)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class Server:
     """One `vllm serve` process and what its session recorded."""
@@ -176,7 +170,7 @@ class Server:
         env.pop("VLLM_SHARED_EXPERT_FUSION_MAX_TOKENS", None)
         if self.replicas is not None:
             env["VLLM_SHARED_EXPERT_FUSION_REPLICAS"] = self.replicas
-        self.port = _free_port()
+        self.port = free_port()
         cmd = [
             VLLM, "serve", str(model),
             "--host", "127.0.0.1",
@@ -199,36 +193,12 @@ class Server:
             )
 
     def wait_healthy(self) -> None:
-        t0 = time.monotonic()
-        deadline = t0 + STARTUP_TIMEOUT
         assert self.proc is not None
-        while True:
-            try:
-                if httpx.get(f"{self.url}/health", timeout=5).status_code == 200:
-                    self.startup_s = time.monotonic() - t0
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"/health did not answer 200 within {STARTUP_TIMEOUT:.0f} s")
-            try:  # the pause between polls, which also notices an exit at once
-                code = self.proc.wait(timeout=0.5)
-            except subprocess.TimeoutExpired:
-                continue
-            raise RuntimeError(f"vllm serve exited with {code} before /health answered")
+        self.startup_s = wait_healthy(self.url, self.proc, STARTUP_TIMEOUT)
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
-        # Whatever of its group outlived the API server (an orphaned worker) goes too.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.proc is not None:
+            stop_group(self.proc)
 
 
 def _raw(url: str, path: str, body: bytes) -> dict[str, Any]:

@@ -18,8 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -35,6 +33,9 @@ from sefkit.serving import (
     MAX_MODEL_LEN,
     MODEL_NAME,
     PROMPTS,
+    free_port,
+    stop_group,
+    wait_healthy,
     write_served_model,
 )
 
@@ -63,12 +64,6 @@ def _inspect(fmt: str) -> str:
         else _engine_cmd("inspect", "--type", "image", "--format", fmt, IMAGE)
     )
     return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +117,7 @@ class Served:
 @pytest.fixture(scope="module")
 def served(image: str, models: Path, tmp_path_factory: pytest.TempPathFactory):
     """The image's entry point serving the tiny model with fusion on; stopped afterwards."""
-    port = _free_port()
+    port = free_port()
     name = f"vllm-sef-test-{os.getpid()}"
     log = tmp_path_factory.mktemp("image-serve") / "serve.log"
     cmd = [
@@ -143,37 +138,21 @@ def served(image: str, models: Path, tmp_path_factory: pytest.TempPathFactory):
         "--max-num-seqs", "1",
         "--attention-backend", "CPU_MLA",
     ]  # fmt: skip
-    t0 = time.monotonic()
     with log.open("w") as out:
         proc = subprocess.Popen(
             cmd, stdout=out, stderr=subprocess.STDOUT, env=ENV, start_new_session=True
         )
     server = Served(port, name, log, proc)
     try:
-        deadline = t0 + STARTUP_TIMEOUT
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{server.url}/health", timeout=5).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(f"/health not 200 within {STARTUP_TIMEOUT:.0f} s\n{server.tail()}")
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                code = proc.wait(timeout=1)
-                pytest.fail(f"the image's server exited with {code}\n{server.tail()}")
-        server.startup_s = time.monotonic() - t0
+        try:
+            server.startup_s = wait_healthy(server.url, proc, STARTUP_TIMEOUT)
+        except (TimeoutError, RuntimeError) as exc:
+            pytest.fail(f"the image's server: {exc}\n{server.tail()}")
         print(f"\n[test_docker_serve] healthy after {server.startup_s:.0f} s (container start too)")
         yield server
     finally:
         t1 = time.monotonic()
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=60)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc, timeout=60)
         print(f"\n[test_docker_serve] stopped in {time.monotonic() - t1:.0f} s")
 
 
@@ -327,6 +306,6 @@ def test_health_check_command_in_the_image(served: Served) -> None:
         _beside(served, *test[1:], env=env), capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    bad = f"SEF_HEALTH_URL=http://127.0.0.1:{_free_port()}/health"
+    bad = f"SEF_HEALTH_URL=http://127.0.0.1:{free_port()}/health"
     proc = subprocess.run(_beside(served, *test[1:], env=bad), capture_output=True, timeout=120)
     assert proc.returncode != 0
