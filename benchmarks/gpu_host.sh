@@ -6,12 +6,14 @@
 #   benchmarks/gpu_host.sh stage DIR       copy the pieces in DIR to /root/stage
 #   benchmarks/gpu_host.sh install         unpack vLLM + deps into /root/site, apply patches/;
 #                                          /root/stock-site: the same site with unpatched vLLM
-#   benchmarks/gpu_host.sh unit            vLLM's in-tree fusion tests on CUDA
+#   benchmarks/gpu_host.sh unit [DIR]      the series' in-tree CUDA tests, copied to DIR
+#                                          (default .gpu/intree, a tree like vllm/tests)
 #   benchmarks/gpu_host.sh check           layer-level numerics vs an fp32 reference
 #   benchmarks/gpu_host.sh equiv           end-to-end fused vs unfused engines (pytest)
 #   benchmarks/gpu_host.sh bench [ARGS]    layer benchmark (benchmarks/moe_layer.py bench)
 #   benchmarks/gpu_host.sh profile [ARGS]  per-kernel tables (benchmarks/moe_layer.py profile)
 #   benchmarks/gpu_host.sh routing [ARGS]  the fused routing's variants timed (benchmarks/routing.py)
+#   benchmarks/gpu_host.sh split-k [ARGS]  the layer per SPLIT_K (benchmarks/moe_layer.py split-k)
 #   benchmarks/gpu_host.sh tune [ARGS]     Triton tile tuning (benchmarks/tune_moe.py)
 #   benchmarks/gpu_host.sh probe [ARGS]    distinct experts per step (benchmarks/e2e.py --probe)
 #   benchmarks/gpu_host.sh e2e [ARGS]      ITL/TTFT/throughput, stock/off/fused (benchmarks/e2e.py)
@@ -39,7 +41,12 @@ case "$step" in
     ln -s /root/stage/vllm.pristine /root/stock-site/vllm
     python3 -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__, torch.cuda.get_device_name())"
     ;;
-  unit) python3 -m pytest -q -p no:cacheprovider "${1:-.gpu/tests}" 2>&1 | tee "$OUT/unit.log" | tail -n 15 ;;
+  unit)
+    # From DIR, with its own pytest.ini: vLLM's `tests` package, not this repository's.
+    dir=${1:-.gpu/intree}
+    [ -f "$dir/pytest.ini" ] || printf '[pytest]\n' >"$dir/pytest.ini"
+    (cd "$dir" && python3 -m pytest -q -p no:cacheprovider tests) 2>&1 | tee "$OUT/unit.log" | tail -n 15
+    ;;
   check) python3 -m benchmarks.moe_layer check --out "$OUT/layer_check.json" "$@" ;;
   equiv)
     python3 -m pytest -q -s -p no:cacheprovider tests/test_fusion_gpu.py --basetemp=/root/equiv "$@" \
@@ -47,6 +54,7 @@ case "$step" in
   bench) python3 -m benchmarks.moe_layer bench --out "$OUT/layer_bench.json" "$@" ;;
   profile) python3 -m benchmarks.moe_layer profile --out "$OUT/layer_profile.json" "$@" ;;
   routing) python3 -m benchmarks.routing --out "$OUT/routing.json" "$@" ;;
+  split-k) python3 -m benchmarks.moe_layer split-k --out "$OUT/layer_split_k.json" "$@" ;;
   tune) python3 -m benchmarks.tune_moe --out-dir "$OUT" "$@" ;;
   probe) python3 -m benchmarks.e2e --probe --variants stock,site=/root/stock-site --out "$OUT/probe.jsonl" "$@" ;;
   e2e) python3 -m benchmarks.e2e --out "$OUT/e2e.jsonl" "$@" ;;

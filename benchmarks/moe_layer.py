@@ -9,6 +9,7 @@ shared-experts CUDA stream) and fused (VLLM_SHARED_EXPERT_FUSION_REPLICAS=R).
     python -m benchmarks.moe_layer check [--dtype bf16 fp8] [--replicas 1 2]
     python -m benchmarks.moe_layer bench [--dtype bf16 fp8] [--tp 8 1] --out F.json
     python -m benchmarks.moe_layer profile [--dtype fp8] [--tokens 1 16 256] --out F.json
+    python -m benchmarks.moe_layer split-k [--tokens 1 16] [--write-configs DIR] --out F.json
 
 ``check`` compares both layers with an fp32 reference computed from the same
 (dequantized) weights and routing: the fused layer must be as close to it as
@@ -501,14 +502,103 @@ def profile(args, setup: Setup) -> list[dict]:
     return rows
 
 
+def expert_weights(layer) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's stacked routed-expert weights (w13, w2)."""
+    params = dict(layer.named_parameters())
+    (w13,) = (p for n, p in params.items() if n.endswith("w13_weight"))
+    (w2,) = (p for n, p in params.items() if n.endswith("w2_weight"))
+    return w13, w2
+
+
+def layer_config(layer, top_k: int, m: int) -> tuple[str, dict]:
+    """The tuned-config file name and the config vLLM picks for M tokens in this layer."""
+    from vllm.model_executor.layers.fused_moe.fused_moe import (
+        get_config_file_name,
+        try_get_optimal_moe_config,
+    )
+
+    w13, w2 = expert_weights(layer)
+    dtype = "fp8_w8a8" if w13.dtype == torch.float8_e4m3fn else None
+    block = [128, 128] if dtype else None
+    config = try_get_optimal_moe_config(w13.shape, w2.shape, top_k, dtype, m, block_shape=block)
+    return get_config_file_name(w2.shape[0], w2.shape[2], dtype, block), dict(config)
+
+
+def split_k(args, setup: Setup) -> list[dict]:
+    """CUDA-graph replay time of the whole layer per SPLIT_K of the gate-up GEMM
+    (patch 0006), with every other tile parameter as vLLM's config file has it,
+    for the series with fusion off (E=256) and fused (E=257). With
+    --write-configs DIR, writes each config file with SPLIT_K set where a split
+    beats the unsplit GEMM by more than --min-gain."""
+    from vllm.model_executor.layers.fused_moe import override_config
+    from vllm.model_executor.layers.fused_moe.fused_moe import get_moe_configs
+
+    rows = []
+    config = make_config(setup, tp=8)
+    tensors = make_weights(config, "fp8")
+    gen = torch.Generator(device=DEVICE).manual_seed(0)
+    files: dict[str, dict] = {}
+    for variant, replicas in (("off", 0), ("fused", 1)):
+        layer = build_layer(setup, config, "fp8", replicas)
+        load_layer(layer, tensors)
+        for m in args.tokens:
+            inputs = [
+                torch.randn(m, config.hidden_size, generator=gen, device=DEVICE).to(torch.bfloat16)
+                for _ in range(args.graphs)
+            ]
+            top_k = config.num_experts_per_tok + (config.n_shared_experts if replicas else 0)
+            name, base = layer_config(layer, top_k, m)
+            times = {}
+            for split in sorted({1, *args.splits}):
+                with override_config(dict(base, SPLIT_K=split)):
+                    times[split] = time_layer(setup, layer, inputs, args.iters)
+            best = min(times, key=times.get)
+            row = {
+                "scenario": "moe_layer_split_k",
+                "dtype": "fp8",
+                "variant": variant,
+                "batch": m,
+                "config_file": name,
+                "us_by_split_k": times,
+                "best_split_k": best,
+                "best_over_unsplit": times[best] / times[1],
+            }
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+            if times[best] < times[1] * (1 - args.min_gain):
+                files.setdefault(name, {})[m] = best
+        e, _, n = expert_weights(layer)[1].shape
+        if args.write_configs and name in files:
+            tuned = {
+                str(k): dict(v) for k, v in get_moe_configs(e, n, "fp8_w8a8", 128, 128).items()
+            }
+            for m, split in files[name].items():
+                if str(m) in tuned:  # batch sizes the file has no entry for keep theirs
+                    tuned[str(m)]["SPLIT_K"] = split
+            import triton
+
+            out = Path(args.write_configs) / name
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(
+                json.dumps({"triton_version": triton.__version__, **tuned}, indent=4) + "\n"
+            )
+            print(f"wrote {out}: SPLIT_K {files[name]}", flush=True)
+        del layer
+        torch.cuda.empty_cache()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["check", "bench", "profile"])
+    parser.add_argument("mode", choices=["check", "bench", "profile", "split-k"])
     parser.add_argument("--dtype", nargs="+", default=["bf16", "fp8"])
     parser.add_argument("--tp", nargs="+", type=int, default=[8, 1])
     parser.add_argument("--replicas", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--tokens", nargs="+", type=int, default=TOKENS)
     parser.add_argument("--graphs", type=int, default=8)
+    parser.add_argument("--splits", nargs="+", type=int, default=[1, 2, 3, 4, 6, 8])
+    parser.add_argument("--min-gain", type=float, default=0.02, help="split-k: to write")
+    parser.add_argument("--write-configs", help="split-k: config files with SPLIT_K here")
     parser.add_argument("--iters", type=int, default=200)
     parser.add_argument("--out")
     parser.add_argument("--tiny", action="store_true", help="small shapes")
@@ -518,7 +608,8 @@ def main() -> None:
     DEVICE = args.device
     torch.manual_seed(0)
     setup = Setup(args.device, args.tiny)
-    rows = {"check": check, "bench": bench, "profile": profile}[args.mode](args, setup)
+    modes = {"check": check, "bench": bench, "profile": profile, "split-k": split_k}
+    rows = modes[args.mode](args, setup)
     info = {
         "gpu": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu",
         "torch": torch.__version__,

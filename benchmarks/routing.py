@@ -36,7 +36,7 @@ def variants(args, shape, device: str) -> dict:
     from vllm.model_executor.layers.fused_moe.router import grouped_topk_router as gt
     from vllm.model_executor.layers.fused_moe.router.base_router import BaseRouter
 
-    from sefkit.routing_kernel import fused_routing
+    from sefkit.triton_kernels import fused_routing
 
     experts, groups, kept, top_k, rsf = shape
     routing = dict(

@@ -7,7 +7,8 @@
 - compare: fused vs unfused outputs (logprobs, greedy continuations, rounding)
 - graph_timing: CUDA-graph replay timing
 - serving: the tiny model `vllm serve` tests serve, their requests, starting and stopping a server
-- routing_kernel: the series' Triton routing kernel from the installed vLLM, warps settable
+- triton_kernels: the series' Triton kernels from the installed vLLM's source (routing,
+  split-K), for Triton's interpreter on a CPU and the benchmarks
 
 Importable from the repository root (pytest.ini's pythonpath; `python -m benchmarks.<script>`).
 """

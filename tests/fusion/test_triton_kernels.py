@@ -1,12 +1,21 @@
-"""The series' CUDA-only Triton kernel, run by Triton's interpreter on the CPU.
+"""The series' CUDA-only Triton kernels, run by Triton's interpreter on the CPU.
 
 Patch 0003 routes fused layers with ``_grouped_topk_fused_shared_kernel``
 (vllm/model_executor/layers/fused_moe/router/grouped_topk_router.py), which
 CI's CPU backend never runs: vLLM disables Triton without a GPU. Its source,
-taken from the installed patched wheel (sefkit/routing_kernel.py), runs here in
+taken from the installed patched wheel (sefkit/triton_kernels.py), runs here in
 Triton's interpreter (TRITON_INTERPRET=1, one subprocess) against a torch
 reference of DeepSeek's grouped top-k followed by the fused shared experts'
 entries, at Triton's default launch and with one warp.
+
+Patch 0006 splits the K loop of ``fused_moe_kernel`` (SPLIT_K > 1: one partial
+product per range of K blocks) and sums the partials in
+``_split_k_silu_and_mul_per_block_quant_kernel``; the split GEMM's partials must
+add up to the unsplit product, with ragged and empty last ranges, and the
+activation kernel's per-group scales must be those of the summed partials. (The
+interpreter's own FP8 and bf16 casts are not the GPU's, so the quantized values
+and the bf16 rounding are checked by vLLM's in-tree CUDA test,
+tests/kernels/moe/test_moe_split_k.py, on a GPU.)
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ SCRIPT = textwrap.dedent(
     """
     import torch
 
-    from sefkit.routing_kernel import fused_routing
+    from sefkit.triton_kernels import fused_routing
 
     kernels = [fused_routing(), fused_routing(num_warps=1)]
 
@@ -94,3 +103,78 @@ def test_grouped_topk_kernel_writes_routing_and_shared_entries() -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
     assert "checked 48" in proc.stdout, proc.stdout
+
+
+SPLIT_K_SCRIPT = textwrap.dedent(
+    """
+    import torch
+    import triton
+    import triton.language as tl
+
+    from sefkit.triton_kernels import split_k
+
+    kernels = split_k()
+    gemm, act = kernels["fused_moe_kernel"], kernels["_split_k_silu_and_mul_per_block_quant_kernel"]
+    torch.manual_seed(0)
+
+
+    def split_gemm(a, b, expert_ids, top_k, split):
+        m, k = a.shape
+        e, n, _ = b.shape
+        num_tokens = m * top_k
+        bm, bn, bk = 16, 32, 32
+        em = num_tokens * bm  # naive block assignment: one token per M block
+        c = torch.full((split, m, top_k, n), float("nan"))
+        gemm[(num_tokens * triton.cdiv(n, bn), split)](
+            a, b, c[0], None, None, None, None, None, expert_ids, torch.tensor([em]),
+            n, k, em, num_tokens,
+            a.stride(0), a.stride(1), b.stride(0), b.stride(2), b.stride(1),
+            c.stride(2), c.stride(3), c.stride(0), 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            naive_block_assignment=True, BLOCK_SIZE_M=bm, BLOCK_SIZE_N=bn, BLOCK_SIZE_K=bk,
+            GROUP_SIZE_M=1, SPLIT_K=split, MUL_ROUTED_WEIGHT=False, top_k=top_k,
+            compute_type=tl.float32, use_fp8_w8a8=False, use_int8_w8a8=False,
+            use_int8_w8a16=False, per_channel_quant=False, HAS_BIAS=False, SWAP_AB=False,
+        )
+        return c
+
+
+    checked = 0
+    m, k, e, n, top_k = 3, 200, 4, 64, 2  # K = 7 blocks of 32, the last one partial
+    a, b = torch.randn(m, k), torch.randn(e, n, k)
+    ids = torch.randint(0, e, (m, top_k), dtype=torch.int32)
+    want = torch.einsum("mk,mtnk->mtn", a, b[ids.long()])
+    # SWAP_AB (FP8 on Hopper only) is covered by the in-tree CUDA test.
+    for split in (1, 2, 3, 4, 7, 8):  # 3: ragged last range; 8: an empty one
+        c = split_gemm(a, b, ids.flatten(), top_k, split)
+        assert not c.isnan().any(), (split, "a partial left unwritten")
+        torch.testing.assert_close(c.sum(0), want, rtol=1e-4, atol=1e-4)
+        checked += 1
+
+    quant_max, min_scale = 448.0, 1 / (448.0 * 512)
+    for split, rows in ((2, 1), (3, 5), (8, 9)):
+        partials = torch.randn(split, rows, 2 * 256) * 3
+        partials[:, 0, :128] = 0  # a group of zeros: the minimum scale
+        out = torch.empty(rows, 256, dtype=torch.float8_e4m3fn)
+        scales = torch.empty(rows, 2)
+        act[(rows, 2)](
+            partials, out, scales, 256, partials.stride(0), partials.stride(1),
+            quant_max, min_scale, SPLIT_K=split, GROUP_SIZE=128, round_type=tl.float32,
+        )
+        total = partials.sum(0)
+        gate, up = total[:, :256], total[:, 256:]
+        result = (gate * torch.sigmoid(gate) * up).view(rows, 2, 128)
+        want_scales = (result.abs().amax(-1) / quant_max).clamp(min=min_scale)
+        torch.testing.assert_close(scales, want_scales, rtol=1e-5, atol=0)
+        checked += 1
+    print("checked", checked)
+    """
+)
+
+
+def test_split_k_gemm_partials_and_activation_scales() -> None:
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run(
+        [sys.executable, "-c", SPLIT_K_SCRIPT], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
+    assert "checked 9" in proc.stdout, proc.stdout

@@ -1,0 +1,84 @@
+"""The series' Triton kernels, compiled from the installed vLLM's source.
+
+vLLM disables Triton without a GPU, so on a CPU its kernels cannot be imported from their
+modules; their source, read from the installed (patched) vLLM, runs in Triton's interpreter
+instead (TRITON_INTERPRET=1, set before triton is imported). On a GPU the same source compiles as
+it does in vLLM.
+- ``fused_routing``: patch 0003's grouped top-k + fused shared experts' entries, its launch's
+  ``num_warps`` settable (tests/fusion/test_triton_kernels.py, benchmarks/routing.py).
+- ``split_k``: fused_moe_kernel and the split-K activation kernel of patch 0006
+  (tests/fusion/test_triton_kernels.py).
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+
+MODULE = "model_executor/layers/fused_moe/router/grouped_topk_router.py"
+KERNEL = "_grouped_topk_fused_shared_kernel"
+LAUNCHER = "grouped_topk_fused_shared_experts"
+
+
+def source_path(module: str = MODULE) -> Path:
+    """The installed vLLM's ``module`` (a path under vllm/), found without importing vllm."""
+    spec = importlib.util.find_spec("vllm")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("vllm is not installed")
+    return Path(spec.submodule_search_locations[0]) / module
+
+
+class _WithWarps:
+    """A Triton kernel whose launches use ``num_warps`` warps."""
+
+    def __init__(self, kernel, num_warps: int) -> None:
+        self.kernel, self.num_warps = kernel, num_warps
+
+    def __getitem__(self, grid):
+        return functools.partial(self.kernel[grid], num_warps=self.num_warps)
+
+
+def load(module: str, names: tuple[str, ...], namespace: dict | None = None) -> dict:
+    """Execute the top-level definitions ``names`` of the installed vLLM's ``module`` (a path
+    under vllm/) in a fresh namespace holding torch, triton and tl (plus ``namespace``)."""
+    import torch
+    import triton
+    import triton.language as tl
+
+    path = source_path(module)
+    tree = ast.parse(path.read_text())
+    nodes = [n for n in tree.body if getattr(n, "name", None) in names]
+    missing = set(names) - {n.name for n in nodes}
+    if missing:
+        raise RuntimeError(f"{path} lacks {sorted(missing)}: is the series applied?")
+    scope = {"torch": torch, "triton": triton, "tl": tl, **(namespace or {})}
+    exec(compile(ast.Module(nodes, []), str(path), "exec"), scope)
+    return scope
+
+
+def fused_routing(num_warps: int | None = None) -> Callable:
+    """``grouped_topk_fused_shared_experts`` as the installed vLLM defines it, launching its kernel
+    with ``num_warps`` warps (None: as vLLM launches it, Triton's default of 4)."""
+    namespace = load(MODULE, (KERNEL, LAUNCHER))
+    if num_warps is not None:
+        namespace[KERNEL] = _WithWarps(namespace[KERNEL], num_warps)
+    return namespace[LAUNCHER]
+
+
+FUSED_MOE = "model_executor/layers/fused_moe/fused_moe.py"
+
+
+def split_k() -> dict:
+    """``fused_moe_kernel`` (with the split-K axis) and the split-K SiLU-and-quantize kernel as the
+    installed vLLM defines them, by name."""
+    return load(
+        FUSED_MOE,
+        (
+            "write_zeros_to_output",
+            "fused_moe_kernel",
+            "_split_k_silu_and_mul_per_block_quant_kernel",
+        ),
+    )
