@@ -158,7 +158,11 @@ def e2e_rows() -> list[dict]:
                     "date": date,
                 }
             )
-    return rows + realistic_rows()
+    return (
+        rows
+        + realistic_rows(REALISTIC, "e2e_dsv3_tp8_rank_fp8_realistic", COLD_FIRST)
+        + realistic_rows(REALISTIC_SPLIT_K, "e2e_dsv3_tp8_rank_fp8_realistic_split_k", set())
+    )
 
 
 # benchmarks/e2e.py on the one-mechanism series, realistic routing. In this session every
@@ -167,19 +171,23 @@ def e2e_rows() -> list[dict]:
 # value of those is a cold start and is left out. ITL values were all warm.
 REALISTIC = ["e2e_realistic_sef2_a", "e2e_realistic_sef2_b"]
 COLD_FIRST = {"ttft_ms", "tok_s"}
+# The series with patch 0006 (split-K of the gate-up GEMM at decode sizes), same model and routing,
+# ITL/TTFT only, processes stock, stock, fused, fused over three device calls (stock 0; fused 0,
+# stock 1; fused 1); every shape warmed up first, so every value counts.
+REALISTIC_SPLIT_K = ["e2e_realistic_split_k"]
 
 
-def realistic_rows() -> list[dict]:
+def realistic_rows(files: list[str], name: str, cold_first: set[str]) -> list[dict]:
     distinct = {
         r["batch"]: round(r["mean"], 1)
         for r in map(json.loads, (RAW / "routing_probe_sef2.jsonl").read_text().splitlines())
     }
     values: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     processes: dict[tuple, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for name in REALISTIC:
-        for r in map(json.loads, (RAW / f"{name}.jsonl").read_text().splitlines()):
+    for file in files:
+        for r in map(json.loads, (RAW / f"{file}.jsonl").read_text().splitlines()):
             key = (r["scenario"], r["metric"], r.get("batch"), r.get("workload"))
-            kept = r["values"][1:] if r["metric"] in COLD_FIRST else r["values"]
+            kept = r["values"][1:] if r["metric"] in cold_first else r["values"]
             values[key][r["variant"]].extend(kept)
             processes[key][r["variant"]] += 1
     rows = []
@@ -190,7 +198,7 @@ def realistic_rows() -> list[dict]:
             continue
         stock, fused = statistics.median(sides["stock"]), statistics.median(sides["fused"])
         row = {
-            "scenario": "e2e_dsv3_tp8_rank_fp8_realistic" if scenario == "e2e" else scenario,
+            "scenario": name if scenario == "e2e" else scenario,
             "dtype": "fp8",
             "tp_equiv": 8,
             "batch": batch if batch is not None else WORKLOAD_REQUESTS[workload],
@@ -226,6 +234,13 @@ RATIO_LINES = [
     ("moe_layer", "fp8", 1, "MoE layer, FP8 block, TP1 (tuned E=257)"),
     ("moe_layer", "bf16", 1, "MoE layer, bf16, TP1 (tuned E=257)"),
     ("moe_layer_sef2", "fp8", 8, "MoE layer, FP8 block, TP8 rank, one-mechanism series"),
+    ("moe_layer_split_k", "fp8", 8, "MoE layer, FP8 block, TP8 rank, split-K (patch 0006)"),
+    (
+        "e2e_dsv3_tp8_rank_fp8_realistic_split_k",
+        "fp8",
+        8,
+        "end-to-end decode ITL, FP8, TP8 rank, realistic routing, split-K",
+    ),
     (
         "e2e_dsv3_tp8_rank_fp8_realistic",
         "fp8",
@@ -295,8 +310,53 @@ def plot(rows: list[dict], out: Path) -> None:
     fig.savefig(out / "floor_vs_batch.png", dpi=110)
 
 
+CONFIGS = ROOT / "vllm" / "vllm" / "model_executor" / "layers" / "fused_moe" / "configs"
+
+
+def shipped_split_k(config_file: str, m: int) -> int:
+    """The SPLIT_K vLLM takes for M tokens from the series' config file (the nearest key)."""
+    table = json.loads((CONFIGS / config_file).read_text())
+    keys = [int(k) for k in table if k != "triton_version"]
+    return table[str(min(keys, key=lambda k: abs(k - m)))].get("SPLIT_K", 1)
+
+
+def split_k_rows() -> list[dict]:
+    """Patch 0006 at layer level: the whole MoE layer (CUDA-graph replay) per variant with the
+    gate-up GEMM unsplit and with the SPLIT_K the series' configs ship. "stock" is the series
+    with fusion off and SPLIT_K 1, which runs stock vLLM's kernels and tiles."""
+    runs = json.loads((RAW / "layer_split_k_sef3.json").read_text())["rows"]
+    by = {(r["variant"], r["batch"]): r for r in runs}
+    rows = []
+    for m in sorted({r["batch"] for r in runs}):
+        off, fused = by[("off", m)], by[("fused", m)]
+        off_k = shipped_split_k(off["config_file"], m)
+        fused_k = shipped_split_k(fused["config_file"], m)
+        stock = off["us_by_split_k"]["1"]
+        off_us, fused_us = off["us_by_split_k"][str(off_k)], fused["us_by_split_k"][str(fused_k)]
+        rows.append(
+            {
+                "scenario": "moe_layer_split_k",
+                "dtype": "fp8",
+                "tp_equiv": 8,
+                "batch": m,
+                "metric": "moe_us",
+                "stock": round(stock, 2),
+                "off": round(off_us, 2),
+                "fused": round(fused_us, 2),
+                "fused_unsplit": round(fused["us_by_split_k"]["1"], 2),
+                "ratio": round(fused_us / stock, 3),
+                "off_ratio": round(off_us / stock, 3),
+                "split_k": {"off": off_k, "fused": fused_k},
+                "gpu": GPU,
+                "vllm": VLLM,
+                "date": DAY4,
+            }
+        )
+    return rows
+
+
 def main() -> None:
-    rows = layer_rows() + e2e_rows()
+    rows = layer_rows() + split_k_rows() + e2e_rows()
     out = ROOT / "benchmarks" / "results" / "summary.json"
     out.write_text(json.dumps(rows, indent=1) + "\n")
     print(f"{len(rows)} rows -> {out}")

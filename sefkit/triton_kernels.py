@@ -5,7 +5,7 @@ modules; their source, read from the installed (patched) vLLM, runs in Triton's 
 instead (TRITON_INTERPRET=1, set before triton is imported). On a GPU the same source compiles as
 it does in vLLM.
 - ``fused_routing``: patch 0003's grouped top-k + fused shared experts' entries, its launch's
-  ``num_warps`` settable (tests/fusion/test_triton_kernels.py, benchmarks/routing.py).
+  ``num_warps`` overridable (tests/fusion/test_triton_kernels.py, benchmarks/routing.py).
 - ``split_k``: fused_moe_kernel and the split-K activation kernel of patch 0006
   (tests/fusion/test_triton_kernels.py).
 """
@@ -13,7 +13,6 @@ it does in vLLM.
 from __future__ import annotations
 
 import ast
-import functools
 import importlib.util
 from collections.abc import Callable
 from pathlib import Path
@@ -32,13 +31,18 @@ def source_path(module: str = MODULE) -> Path:
 
 
 class _WithWarps:
-    """A Triton kernel whose launches use ``num_warps`` warps."""
+    """A Triton kernel whose launches use ``num_warps`` warps, whatever the launcher asks for."""
 
     def __init__(self, kernel, num_warps: int) -> None:
         self.kernel, self.num_warps = kernel, num_warps
 
     def __getitem__(self, grid):
-        return functools.partial(self.kernel[grid], num_warps=self.num_warps)
+        launch = self.kernel[grid]
+
+        def run(*args, **kwargs):
+            return launch(*args, **dict(kwargs, num_warps=self.num_warps))
+
+        return run
 
 
 def load(module: str, names: tuple[str, ...], namespace: dict | None = None) -> dict:
@@ -61,7 +65,8 @@ def load(module: str, names: tuple[str, ...], namespace: dict | None = None) -> 
 
 def fused_routing(num_warps: int | None = None) -> Callable:
     """``grouped_topk_fused_shared_experts`` as the installed vLLM defines it, launching its kernel
-    with ``num_warps`` warps (None: as vLLM launches it, Triton's default of 4)."""
+    with ``num_warps`` warps (None: as vLLM launches it, with one warp since patch 0003 measured
+    that fastest)."""
     namespace = load(MODULE, (KERNEL, LAUNCHER))
     if num_warps is not None:
         namespace[KERNEL] = _WithWarps(namespace[KERNEL], num_warps)

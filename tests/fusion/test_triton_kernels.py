@@ -6,7 +6,7 @@ CI's CPU backend never runs: vLLM disables Triton without a GPU. Its source,
 taken from the installed patched wheel (sefkit/triton_kernels.py), runs here in
 Triton's interpreter (TRITON_INTERPRET=1, one subprocess) against a torch
 reference of DeepSeek's grouped top-k followed by the fused shared experts'
-entries, at Triton's default launch and with one warp.
+entries, as vLLM launches it (one warp) and with four (Triton's default).
 
 Patch 0006 splits the K loop of ``fused_moe_kernel`` (SPLIT_K > 1: one partial
 product per range of K blocks) and sums the partials in
@@ -31,7 +31,7 @@ SCRIPT = textwrap.dedent(
 
     from sefkit.triton_kernels import fused_routing
 
-    kernels = [fused_routing(), fused_routing(num_warps=1)]
+    kernels = [fused_routing(), fused_routing(num_warps=4)]
 
 
     def reference(logits, bias, top_k, renorm, groups, topk_group, scoring, rsf):
