@@ -561,6 +561,7 @@ def split_k(args, setup: Setup) -> list[dict]:
                 "config_file": name,
                 "us_by_split_k": times,
                 "best_split_k": best,
+                "file_split_k": base.get("SPLIT_K", 1),
                 "best_over_unsplit": times[best] / times[1],
             }
             print(json.dumps(row), flush=True)

@@ -310,16 +310,6 @@ def plot(rows: list[dict], out: Path) -> None:
     fig.savefig(out / "floor_vs_batch.png", dpi=110)
 
 
-CONFIGS = ROOT / "vllm" / "vllm" / "model_executor" / "layers" / "fused_moe" / "configs"
-
-
-def shipped_split_k(config_file: str, m: int) -> int:
-    """The SPLIT_K vLLM takes for M tokens from the series' config file (the nearest key)."""
-    table = json.loads((CONFIGS / config_file).read_text())
-    keys = [int(k) for k in table if k != "triton_version"]
-    return table[str(min(keys, key=lambda k: abs(k - m)))].get("SPLIT_K", 1)
-
-
 def split_k_rows() -> list[dict]:
     """Patch 0006 at layer level: the whole MoE layer (CUDA-graph replay) per variant with the
     gate-up GEMM unsplit and with the SPLIT_K the series' configs ship. "stock" is the series
@@ -329,8 +319,7 @@ def split_k_rows() -> list[dict]:
     rows = []
     for m in sorted({r["batch"] for r in runs}):
         off, fused = by[("off", m)], by[("fused", m)]
-        off_k = shipped_split_k(off["config_file"], m)
-        fused_k = shipped_split_k(fused["config_file"], m)
+        off_k, fused_k = off["file_split_k"], fused["file_split_k"]
         stock = off["us_by_split_k"]["1"]
         off_us, fused_us = off["us_by_split_k"][str(off_k)], fused["us_by_split_k"][str(fused_k)]
         rows.append(
@@ -355,8 +344,13 @@ def split_k_rows() -> list[dict]:
     return rows
 
 
+def summary_rows() -> list[dict]:
+    """Every row of summary.json, in its order."""
+    return layer_rows() + split_k_rows() + e2e_rows()
+
+
 def main() -> None:
-    rows = layer_rows() + split_k_rows() + e2e_rows()
+    rows = summary_rows()
     out = ROOT / "benchmarks" / "results" / "summary.json"
     out.write_text(json.dumps(rows, indent=1) + "\n")
     print(f"{len(rows)} rows -> {out}")

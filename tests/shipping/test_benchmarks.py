@@ -24,7 +24,7 @@ ROW_KEYS |= {"gpu", "vllm", "date"}
 
 def test_summary_is_computed_from_the_raw_results() -> None:
     committed = json.loads((ROOT / "benchmarks" / "results" / "summary.json").read_text())
-    assert committed == summarize.layer_rows() + summarize.e2e_rows()
+    assert committed == summarize.summary_rows()
 
 
 def test_summary_rows_have_the_agreed_format() -> None:
@@ -47,6 +47,12 @@ def test_summary_rows_have_the_agreed_format() -> None:
     # The one-mechanism series with realistic routing: ITL and TTFT, and both throughput
     # workloads (tokens/s).
     assert ("e2e_dsv3_tp8_rank_fp8_realistic", "fp8", 8) in scenarios
+    # Split-K (patch 0006): the layer with fusion off and on, and end to end.
+    assert ("moe_layer_split_k", "fp8", 8) in scenarios
+    assert ("e2e_dsv3_tp8_rank_fp8_realistic_split_k", "fp8", 8) in scenarios
+    for row in rows:
+        if row["scenario"] == "moe_layer_split_k":
+            assert row["off_ratio"] == pytest.approx(row["off"] / row["stock"], abs=2e-3), row
     workloads = {r["workload"] for r in rows if r["scenario"] == "throughput"}
     assert workloads == {"decode_heavy", "mixed"}
 
