@@ -96,13 +96,18 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_grouped_topk_kernel_writes_routing_and_shared_entries() -> None:
+def interpret(script: str, cases: int) -> None:
+    """Run ``script`` in a subprocess with Triton's interpreter; it must check ``cases`` cases."""
     env = dict(os.environ, TRITON_INTERPRET="1")
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
-    assert "checked 48" in proc.stdout, proc.stdout
+    assert f"checked {cases}" in proc.stdout, proc.stdout
+
+
+def test_grouped_topk_kernel_writes_routing_and_shared_entries() -> None:
+    interpret(SCRIPT, 48)
 
 
 SPLIT_K_SCRIPT = textwrap.dedent(
@@ -172,9 +177,4 @@ SPLIT_K_SCRIPT = textwrap.dedent(
 
 
 def test_split_k_gemm_partials_and_activation_scales() -> None:
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run(
-        [sys.executable, "-c", SPLIT_K_SCRIPT], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
-    assert "checked 9" in proc.stdout, proc.stdout
+    interpret(SPLIT_K_SCRIPT, 9)
