@@ -576,14 +576,10 @@ def split_k(args, setup: Setup) -> list[dict]:
             for m, split in files[name].items():
                 if str(m) in tuned:  # batch sizes the file has no entry for keep theirs
                     tuned[str(m)]["SPLIT_K"] = split
-            import triton
+            from benchmarks.tune_moe import write_config_file
 
-            out = Path(args.write_configs) / name
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(
-                json.dumps({"triton_version": triton.__version__, **tuned}, indent=4) + "\n"
-            )
-            print(f"wrote {out}: SPLIT_K {files[name]}", flush=True)
+            write_config_file(Path(args.write_configs) / name, tuned)
+            print(f"wrote {name} in {args.write_configs}: SPLIT_K {files[name]}", flush=True)
         del layer
         torch.cuda.empty_cache()
     return rows

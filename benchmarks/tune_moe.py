@@ -23,8 +23,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import time
+from pathlib import Path
 
 import torch
 
@@ -134,6 +134,14 @@ def with_untuned_sizes(tuned: dict[int, dict], seeded: dict[int, dict], shape) -
     return {str(m): complete[m] for m in sorted(complete)}
 
 
+def write_config_file(path: Path, table: dict[str, dict]) -> None:
+    """A vLLM Triton MoE config file: the Triton version, then a config per batch size."""
+    import triton
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"triton_version": triton.__version__, **table}, indent=4) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experts", type=int, required=True, help="slots, e.g. 257")
@@ -194,12 +202,7 @@ def main() -> None:
     shape = (args.experts, args.n, args.hidden, args.top_k, dtype_str, block)
     tuned = with_untuned_sizes({m: best[m][1] for m in best}, seeded, shape)
     name = get_config_file_name(args.experts, args.n, dtype_str, block)
-    os.makedirs(args.out_dir, exist_ok=True)
-    import triton
-
-    with open(os.path.join(args.out_dir, name), "w") as f:
-        json.dump({"triton_version": triton.__version__, **tuned}, f, indent=4)
-        f.write("\n")
+    write_config_file(Path(args.out_dir) / name, tuned)
     seed_best = {
         m: min((us for us, c in timings[m] if c in seeds), default=None) for m in sorted(best)
     }

@@ -45,9 +45,9 @@ class _WithWarps:
         return run
 
 
-def load(module: str, names: tuple[str, ...], namespace: dict | None = None) -> dict:
+def load(module: str, names: tuple[str, ...]) -> dict:
     """Execute the top-level definitions ``names`` of the installed vLLM's ``module`` (a path
-    under vllm/) in a fresh namespace holding torch, triton and tl (plus ``namespace``)."""
+    under vllm/) in a fresh namespace holding torch, triton and tl."""
     import torch
     import triton
     import triton.language as tl
@@ -58,7 +58,7 @@ def load(module: str, names: tuple[str, ...], namespace: dict | None = None) -> 
     missing = set(names) - {n.name for n in nodes}
     if missing:
         raise RuntimeError(f"{path} lacks {sorted(missing)}: is the series applied?")
-    scope = {"torch": torch, "triton": triton, "tl": tl, **(namespace or {})}
+    scope = {"torch": torch, "triton": triton, "tl": tl}
     exec(compile(ast.Module(nodes, []), str(path), "exec"), scope)
     return scope
 
