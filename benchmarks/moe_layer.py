@@ -10,7 +10,6 @@ shared-experts CUDA stream) and fused (VLLM_SHARED_EXPERT_FUSION_REPLICAS=R).
     python -m benchmarks.moe_layer bench [--dtype bf16 fp8] [--tp 8 1] --out F.json
     python -m benchmarks.moe_layer profile [--dtype fp8] [--tokens 1 16 256] --out F.json
     python -m benchmarks.moe_layer split-k [--tokens 1 16] [--write-configs DIR] --out F.json
-    python -m benchmarks.moe_layer input-quant [--tokens 1 16 256] --out F.json
 
 ``check`` compares both layers with an fp32 reference computed from the same
 (dequantized) weights and routing: the fused layer must be as close to it as
@@ -19,10 +18,7 @@ the stock layer is. ``bench`` times CUDA-graph replays of the whole layer
 floor: the bytes of the expert weights the batch actually reads over the
 measured device copy bandwidth. ``profile`` prints each variant's per-kernel
 table (torch.profiler over eager calls: device time and launches per layer
-call) beside its CUDA-graph replay time. ``split-k`` times the layer per
-SPLIT_K of the gate-up GEMM (patch 0006); ``input-quant`` with the FP8
-activations quantized by a separate launch vs inside the gate-up GEMM (patch
-0007), fusion off and on.
+call) beside its CUDA-graph replay time.
 """
 
 from __future__ import annotations
@@ -589,56 +585,9 @@ def split_k(args, setup: Setup) -> list[dict]:
     return rows
 
 
-def input_quant(args, setup: Setup) -> list[dict]:
-    """CUDA-graph replay time of the whole layer with the gate-up GEMM's FP8
-    activations quantized by a separate launch vs inside the GEMM (patch 0007:
-    TritonExperts.GEMM_INPUT_QUANT_MAX_TOKENS, forced to 0 and to every batch
-    size), fusion off (E=256) and fused (E=257), tile configs as vLLM's files
-    have them."""
-    from vllm.model_executor.layers.fused_moe.experts.triton_moe import TritonExperts
-
-    rows = []
-    config = make_config(setup, tp=8)
-    tensors = make_weights(config, "fp8")
-    gen = torch.Generator(device=DEVICE).manual_seed(0)
-    default = TritonExperts.GEMM_INPUT_QUANT_MAX_TOKENS
-    try:
-        for variant, replicas in (("off", 0), ("fused", 1)):
-            layer = build_layer(setup, config, "fp8", replicas)
-            load_layer(layer, tensors)
-            for m in args.tokens:
-                inputs = [
-                    torch.randn(m, config.hidden_size, generator=gen, device=DEVICE).to(
-                        torch.bfloat16
-                    )
-                    for _ in range(args.graphs)
-                ]
-                times = {}
-                for where, limit in (("separate", 0), ("in_gemm", 1 << 30)):
-                    TritonExperts.GEMM_INPUT_QUANT_MAX_TOKENS = limit
-                    times[where] = time_layer(setup, layer, inputs, args.iters)
-                row = {
-                    "scenario": "moe_layer_input_quant",
-                    "dtype": "fp8",
-                    "variant": variant,
-                    "batch": m,
-                    "separate_us": times["separate"],
-                    "in_gemm_us": times["in_gemm"],
-                    "ratio": times["in_gemm"] / times["separate"],
-                    "default_in_gemm": m <= default,
-                }
-                print(json.dumps(row), flush=True)
-                rows.append(row)
-            del layer
-            torch.cuda.empty_cache()
-    finally:
-        TritonExperts.GEMM_INPUT_QUANT_MAX_TOKENS = default
-    return rows
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["check", "bench", "profile", "split-k", "input-quant"])
+    parser.add_argument("mode", choices=["check", "bench", "profile", "split-k"])
     parser.add_argument("--dtype", nargs="+", default=["bf16", "fp8"])
     parser.add_argument("--tp", nargs="+", type=int, default=[8, 1])
     parser.add_argument("--replicas", nargs="+", type=int, default=[1, 2])
@@ -656,13 +605,7 @@ def main() -> None:
     DEVICE = args.device
     torch.manual_seed(0)
     setup = Setup(args.device, args.tiny)
-    modes = {
-        "check": check,
-        "bench": bench,
-        "profile": profile,
-        "split-k": split_k,
-        "input-quant": input_quant,
-    }
+    modes = {"check": check, "bench": bench, "profile": profile, "split-k": split_k}
     rows = modes[args.mode](args, setup)
     info = {
         "gpu": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu",

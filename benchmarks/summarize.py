@@ -162,6 +162,7 @@ def e2e_rows() -> list[dict]:
         rows
         + realistic_rows(REALISTIC, "e2e_dsv3_tp8_rank_fp8_realistic", COLD_FIRST)
         + realistic_rows(REALISTIC_SPLIT_K, "e2e_dsv3_tp8_rank_fp8_realistic_split_k", set())
+        + realistic_rows(REALISTIC_SEF3, "e2e_dsv3_tp8_rank_fp8_realistic_sef3", set())
     )
 
 
@@ -175,6 +176,10 @@ COLD_FIRST = {"ttft_ms", "tok_s"}
 # ITL/TTFT only, processes stock, stock, fused, fused over three device calls (stock 0; fused 0,
 # stock 1; fused 1); every shape warmed up first, so every value counts.
 REALISTIC_SPLIT_K = ["e2e_realistic_split_k"]
+# The shipped sef3 series (patch 0003's routing kernel at one warp, patch 0006), same model and
+# routing, ITL/TTFT only: processes stock, fused (one device call), fused, stock (the next), then
+# one of the series with fusion off ("off": patch 0006's SPLIT_K for E=256 applies to it too).
+REALISTIC_SEF3 = ["e2e_realistic_sef3b"]
 
 
 def realistic_rows(files: list[str], name: str, cold_first: set[str]) -> list[dict]:
@@ -211,6 +216,7 @@ def realistic_rows(files: list[str], name: str, cold_first: set[str]) -> list[di
             "stock_values": [round(v, 3) for v in sides["stock"]],
             "fused_values": [round(v, 3) for v in sides["fused"]],
             "processes": dict(processes[key]),
+            **off_columns(sides["off"], stock),
             "routing": "realistic",
             "gpu": GPU,
             "vllm": VLLM,
@@ -224,6 +230,18 @@ def realistic_rows(files: list[str], name: str, cold_first: set[str]) -> list[di
     return rows
 
 
+def off_columns(values: list[float], stock: float) -> dict:
+    """The series with fusion off beside stock and fused, where a run measured it."""
+    if not values:
+        return {}
+    off = statistics.median(values)
+    return {
+        "off": round(off, 3),
+        "off_ratio": round(off / stock, 3),
+        "off_values": [round(v, 3) for v in values],
+    }
+
+
 WORKLOAD_REQUESTS = {"decode_heavy": 256, "mixed": 512}
 
 
@@ -235,6 +253,12 @@ RATIO_LINES = [
     ("moe_layer", "bf16", 1, "MoE layer, bf16, TP1 (tuned E=257)"),
     ("moe_layer_sef2", "fp8", 8, "MoE layer, FP8 block, TP8 rank, one-mechanism series"),
     ("moe_layer_split_k", "fp8", 8, "MoE layer, FP8 block, TP8 rank, split-K (patch 0006)"),
+    (
+        "e2e_dsv3_tp8_rank_fp8_realistic_sef3",
+        "fp8",
+        8,
+        "end-to-end decode ITL, FP8, TP8 rank, realistic routing, sef3 (1-warp routing)",
+    ),
     (
         "e2e_dsv3_tp8_rank_fp8_realistic_split_k",
         "fp8",
@@ -344,9 +368,43 @@ def split_k_rows() -> list[dict]:
     return rows
 
 
+def input_quant_rows() -> list[dict]:
+    """A rejected variant, kept measured: the gate-up GEMM quantizing the FP8 activations itself
+    (a patch 0007 tried in this repository's history, commit 4b20b8b) instead of the separate
+    per_token_group_quant launch. stock / fused are the series as shipped (fusion off / on,
+    separate quantization); *_in_gemm the same layers with the quantization in the GEMM."""
+    runs = json.loads((RAW / "layer_input_quant_rejected.json").read_text())["rows"]
+    by = {(r["variant"], r["batch"]): r for r in runs}
+    rows = []
+    for m in sorted({r["batch"] for r in runs}):
+        off, fused = by[("off", m)], by[("fused", m)]
+        rows.append(
+            {
+                "scenario": "moe_layer_input_quant_rejected",
+                "dtype": "fp8",
+                "tp_equiv": 8,
+                "batch": m,
+                "metric": "moe_us",
+                "stock": round(off["separate_us"], 2),
+                "fused": round(fused["separate_us"], 2),
+                "ratio": round(fused["separate_us"] / off["separate_us"], 3),
+                "off_in_gemm": round(off["in_gemm_us"], 2),
+                "fused_in_gemm": round(fused["in_gemm_us"], 2),
+                "in_gemm_over_separate": {
+                    "off": round(off["ratio"], 3),
+                    "fused": round(fused["ratio"], 3),
+                },
+                "gpu": GPU,
+                "vllm": VLLM,
+                "date": DAY4,
+            }
+        )
+    return rows
+
+
 def summary_rows() -> list[dict]:
     """Every row of summary.json, in its order."""
-    return layer_rows() + split_k_rows() + e2e_rows()
+    return layer_rows() + split_k_rows() + input_quant_rows() + e2e_rows()
 
 
 def main() -> None:

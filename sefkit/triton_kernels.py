@@ -6,8 +6,8 @@ instead (TRITON_INTERPRET=1, set before triton is imported). On a GPU the same s
 it does in vLLM.
 - ``fused_routing``: patch 0003's grouped top-k + fused shared experts' entries, its launch's
   ``num_warps`` overridable (tests/fusion/test_triton_kernels.py, benchmarks/routing.py).
-- ``moe_gemm``: fused_moe_kernel with patch 0006's split K and patch 0007's quantization of A
-  inside the GEMM, and the split-K activation kernel (tests/fusion/test_triton_kernels.py).
+- ``split_k``: fused_moe_kernel and the split-K activation kernel of patch 0006
+  (tests/fusion/test_triton_kernels.py).
 """
 
 from __future__ import annotations
@@ -76,15 +76,13 @@ def fused_routing(num_warps: int | None = None) -> Callable:
 FUSED_MOE = "model_executor/layers/fused_moe/fused_moe.py"
 
 
-def moe_gemm() -> dict:
-    """``fused_moe_kernel`` (with patch 0006's split-K axis and patch 0007's in-kernel
-    quantization of A), its helpers and the split-K SiLU-and-quantize kernel as the installed
-    vLLM defines them, by name."""
+def split_k() -> dict:
+    """``fused_moe_kernel`` (with the split-K axis) and the split-K SiLU-and-quantize kernel as the
+    installed vLLM defines them, by name."""
     return load(
         FUSED_MOE,
         (
             "write_zeros_to_output",
-            "_quantize_fp8_group",
             "fused_moe_kernel",
             "_split_k_silu_and_mul_per_block_quant_kernel",
         ),

@@ -16,10 +16,6 @@ activation kernel's per-group scales must be those of the summed partials. (The
 interpreter's own FP8 and bf16 casts are not the GPU's, so the quantized values
 and the bf16 rounding are checked by vLLM's in-tree CUDA test,
 tests/kernels/moe/test_moe_split_k.py, on a GPU.)
-
-Patch 0007 lets ``fused_moe_kernel`` quantize a bf16/fp16 A itself (QUANT_A):
-per row and K block of 128, as per_token_group_quant_fp8 does; its GEMM must be
-the GEMM of the separately quantized A, rows and columns (SWAP_AB) alike.
 """
 
 from __future__ import annotations
@@ -120,9 +116,9 @@ SPLIT_K_SCRIPT = textwrap.dedent(
     import triton
     import triton.language as tl
 
-    from sefkit.triton_kernels import moe_gemm
+    from sefkit.triton_kernels import split_k
 
-    kernels = moe_gemm()
+    kernels = split_k()
     gemm, act = kernels["fused_moe_kernel"], kernels["_split_k_silu_and_mul_per_block_quant_kernel"]
     torch.manual_seed(0)
 
@@ -182,82 +178,3 @@ SPLIT_K_SCRIPT = textwrap.dedent(
 
 def test_split_k_gemm_partials_and_activation_scales() -> None:
     interpret(SPLIT_K_SCRIPT, 9)
-
-
-QUANT_A_SCRIPT = textwrap.dedent(
-    """
-    import torch
-    import triton
-    import triton.language as tl
-
-    from sefkit.triton_kernels import moe_gemm
-
-    gemm = moe_gemm()["fused_moe_kernel"]
-    torch.manual_seed(0)
-    QMAX = 448.0
-
-
-    def run(a, a_scale, b, b_scale, ids, top_k, swap, quant_a):
-        m, k = a.shape
-        e, n, _ = b.shape
-        num_tokens = m * top_k
-        bm, bn, bk = 16, 32, 128
-        em = num_tokens * bm  # naive block assignment: one token per M block
-        c = torch.full((m, top_k, n), float("nan"))
-        gemm[(num_tokens * triton.cdiv(n, bn), 1)](
-            a, b, c, None, a_scale, b_scale, None, None, ids, torch.tensor([em]),
-            n, k, em, num_tokens,
-            a.stride(0), a.stride(1), b.stride(0), b.stride(2), b.stride(1),
-            c.stride(1), c.stride(2), 0,
-            *(a_scale.stride() if a_scale is not None else (0, 0)),
-            b_scale.stride(0), b_scale.stride(2), b_scale.stride(1), 0, 0, 128, 128,
-            naive_block_assignment=True, BLOCK_SIZE_M=bm, BLOCK_SIZE_N=bn, BLOCK_SIZE_K=bk,
-            GROUP_SIZE_M=1, SPLIT_K=1, MUL_ROUTED_WEIGHT=False, top_k=top_k,
-            compute_type=tl.float32, use_fp8_w8a8=True, use_int8_w8a8=False,
-            use_int8_w8a16=False, per_channel_quant=False, HAS_BIAS=False, SWAP_AB=swap,
-            QUANT_A=quant_a, A_QUANT_MAX=QMAX,
-        )
-        return c
-
-
-    def quantize(a):  # per_token_group_quant_fp8's math, groups of 128
-        g = a.float().view(a.shape[0], -1, 128)
-        scale = g.abs().amax(-1).clamp(min=1e-10) / QMAX
-        q = (g / scale[..., None]).clamp(-QMAX, QMAX).to(torch.float8_e4m3fn)
-        return q.view(a.shape), scale
-
-
-    checked = 0
-    m, k, e, n, top_k = 3, 3 * 128, 4, 64, 2
-    b = (torch.randn(e, n, k) / 8).to(torch.float8_e4m3fn)
-    b_scale = torch.rand(e, 1, k // 128) + 0.5
-    ids = torch.randint(0, e, (m * top_k,), dtype=torch.int32)
-    # Values on the FP8 grid with 448 (the FP8 maximum) in every group, times 2^j:
-    # every scale is 2^j and every value quantizes exactly, so the in-kernel
-    # quantization must reproduce the reference's scales and values and the GEMMs
-    # agree to fp32 rounding. (The interpreter's own FP8 cast rounds some values that
-    # are not on the grid wrongly, so rounding itself is checked by vLLM's in-tree
-    # CUDA test, tests/kernels/moe/test_moe_gemm_input_quant.py.)
-    grid = torch.randint(0, 256, (m, k), dtype=torch.uint8).view(torch.float8_e4m3fn).float()
-    grid = grid.nan_to_num(0.0)
-    grid[:, ::128] = 448.0
-    grid[1] *= 2.0**-7
-    grid[2] *= 2.0**5
-    grid[2, :128] = 0  # an all-zero group takes the minimum scale
-    for dtype in (torch.bfloat16, torch.float16):
-        for swap in (False, True):
-            a = grid.to(dtype)
-            assert torch.equal(a.float(), grid)
-            q, s = quantize(a)
-            want = run(q, s, b, b_scale, ids, top_k, swap, False)
-            got = run(a, None, b, b_scale, ids, top_k, swap, True)
-            assert not got.isnan().any()
-            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6 * want.abs().max().item())
-            checked += 1
-    print("checked", checked)
-    """
-)
-
-
-def test_gemm_quantizes_a_as_per_token_group_quant() -> None:
-    interpret(QUANT_A_SCRIPT, 4)

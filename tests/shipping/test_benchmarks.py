@@ -50,8 +50,12 @@ def test_summary_rows_have_the_agreed_format() -> None:
     # Split-K (patch 0006): the layer with fusion off and on, and end to end.
     assert ("moe_layer_split_k", "fp8", 8) in scenarios
     assert ("e2e_dsv3_tp8_rank_fp8_realistic_split_k", "fp8", 8) in scenarios
+    # sef3 as shipped: stock, fusion off and fused end to end; the rejected in-GEMM
+    # quantization at layer level.
+    assert ("e2e_dsv3_tp8_rank_fp8_realistic_sef3", "fp8", 8) in scenarios
+    assert ("moe_layer_input_quant_rejected", "fp8", 8) in scenarios
     for row in rows:
-        if row["scenario"] == "moe_layer_split_k":
+        if "off" in row:
             assert row["off_ratio"] == pytest.approx(row["off"] / row["stock"], abs=2e-3), row
     workloads = {r["workload"] for r in rows if r["scenario"] == "throughput"}
     assert workloads == {"decode_heavy", "mixed"}
