@@ -14,6 +14,7 @@
 #   benchmarks/gpu_host.sh profile [ARGS]  per-kernel tables (benchmarks/moe_layer.py profile)
 #   benchmarks/gpu_host.sh routing [ARGS]  the fused routing's variants timed (benchmarks/routing.py)
 #   benchmarks/gpu_host.sh split-k [ARGS]  the layer per SPLIT_K (benchmarks/moe_layer.py split-k)
+#   benchmarks/gpu_host.sh naive-fill [ARGS]  the layer with / without stock's padded-count fill
 #   benchmarks/gpu_host.sh tune [ARGS]     Triton tile tuning (benchmarks/tune_moe.py)
 #   benchmarks/gpu_host.sh probe [ARGS]    distinct experts per step (benchmarks/e2e.py --probe)
 #   benchmarks/gpu_host.sh e2e [ARGS]      ITL/TTFT/throughput, stock/off/fused (benchmarks/e2e.py)
@@ -55,6 +56,7 @@ case "$step" in
   profile) python3 -m benchmarks.moe_layer profile --out "$OUT/layer_profile.json" "$@" ;;
   routing) python3 -m benchmarks.routing --out "$OUT/routing.json" "$@" ;;
   split-k) python3 -m benchmarks.moe_layer split-k --out "$OUT/layer_split_k.json" "$@" ;;
+  naive-fill) python3 -m benchmarks.moe_layer naive-fill --out "$OUT/layer_naive_fill.json" "$@" ;;
   tune) python3 -m benchmarks.tune_moe --out-dir "$OUT" "$@" ;;
   probe) python3 -m benchmarks.e2e --probe --variants stock,site=/root/stock-site --out "$OUT/probe.jsonl" "$@" ;;
   e2e) python3 -m benchmarks.e2e --out "$OUT/e2e.jsonl" "$@" ;;

@@ -10,6 +10,7 @@ shared-experts CUDA stream) and fused (VLLM_SHARED_EXPERT_FUSION_REPLICAS=R).
     python -m benchmarks.moe_layer bench [--dtype bf16 fp8] [--tp 8 1] --out F.json
     python -m benchmarks.moe_layer profile [--dtype fp8] [--tokens 1 16 256] --out F.json
     python -m benchmarks.moe_layer split-k [--tokens 1 16] [--write-configs DIR] --out F.json
+    python -m benchmarks.moe_layer naive-fill [--tokens 1 2 4] [--rounds 3] --out F.json
 
 ``check`` compares both layers with an fp32 reference computed from the same
 (dequantized) weights and routing: the fused layer must be as close to it as
@@ -18,7 +19,9 @@ the stock layer is. ``bench`` times CUDA-graph replays of the whole layer
 floor: the bytes of the expert weights the batch actually reads over the
 measured device copy bandwidth. ``profile`` prints each variant's per-kernel
 table (torch.profiler over eager calls: device time and launches per layer
-call) beside its CUDA-graph replay time.
+call) beside its CUDA-graph replay time. ``naive-fill`` times both layers with
+and without the fill of a padded token count that stock vLLM launches at small
+batches and patch 0008 drops, alternating in one process.
 """
 
 from __future__ import annotations
@@ -502,6 +505,71 @@ def profile(args, setup: Setup) -> list[dict]:
     return rows
 
 
+def naive_fill(args, setup: Setup) -> list[dict]:
+    """Patch 0008 in one process: the unfused and fused layers (FP8, TP8 rank) timed with the
+    padded-count fill that stock vLLM launches on the naive assignment path put back, and
+    without it (as the series runs), alternating ``--rounds`` times; medians per setting."""
+    from vllm.model_executor.layers.fused_moe.experts import triton_moe
+
+    prepare = triton_moe._prepare_expert_assignment
+
+    def with_fill(topk_ids, config, *rest, **kwargs):
+        sorted_ids, expert_ids, padded = prepare(topk_ids, config, *rest, **kwargs)
+        if padded is None:  # stock's naive path: a 1-element fill, read by no one
+            padded = torch.full(
+                (1,),
+                topk_ids.numel() * config["BLOCK_SIZE_M"],
+                dtype=torch.int32,
+                device=topk_ids.device,
+            )
+        return sorted_ids, expert_ids, padded
+
+    config = make_config(setup, tp=8)
+    tensors = make_weights(config, "fp8")
+    gen = torch.Generator(device=DEVICE).manual_seed(0)
+    inputs = {
+        m: [
+            torch.randn(m, config.hidden_size, generator=gen, device=DEVICE).to(torch.bfloat16)
+            for _ in range(args.graphs)
+        ]
+        for m in args.tokens
+    }
+    rows = []
+    for variant, replicas in (("off", 0), ("fused", 1)):
+        layer = build_layer(setup, config, "fp8", replicas)
+        load_layer(layer, tensors)
+        times: dict[tuple[bool, int], list[float]] = {}
+        for _ in range(args.rounds):
+            for fill in (True, False):
+                triton_moe._prepare_expert_assignment = with_fill if fill else prepare
+                try:
+                    for m in args.tokens:
+                        us = time_layer(setup, layer, inputs[m], args.iters)
+                        times.setdefault((fill, m), []).append(us)
+                finally:
+                    triton_moe._prepare_expert_assignment = prepare
+        for m in args.tokens:
+            filled, unfilled = times[(True, m)], times[(False, m)]
+            row = {
+                "scenario": "moe_layer_naive_fill",
+                "dtype": "fp8",
+                "tp_equiv": 8,
+                "variant": variant,
+                "batch": m,
+                "metric": "moe_us",
+                "with_fill": statistics.median(filled),
+                "without_fill": statistics.median(unfilled),
+                "ratio": statistics.median(unfilled) / statistics.median(filled),
+                "with_fill_values": filled,
+                "without_fill_values": unfilled,
+            }
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+        del layer
+        torch.cuda.empty_cache()
+    return rows
+
+
 def expert_weights(layer) -> tuple[torch.Tensor, torch.Tensor]:
     """The layer's stacked routed-expert weights (w13, w2)."""
     params = dict(layer.named_parameters())
@@ -587,7 +655,7 @@ def split_k(args, setup: Setup) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["check", "bench", "profile", "split-k"])
+    parser.add_argument("mode", choices=["check", "bench", "profile", "split-k", "naive-fill"])
     parser.add_argument("--dtype", nargs="+", default=["bf16", "fp8"])
     parser.add_argument("--tp", nargs="+", type=int, default=[8, 1])
     parser.add_argument("--replicas", nargs="+", type=int, default=[1, 2])
@@ -597,6 +665,7 @@ def main() -> None:
     parser.add_argument("--min-gain", type=float, default=0.02, help="split-k: to write")
     parser.add_argument("--write-configs", help="split-k: config files with SPLIT_K here")
     parser.add_argument("--iters", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3, help="naive-fill: alternations")
     parser.add_argument("--out")
     parser.add_argument("--tiny", action="store_true", help="small shapes")
     parser.add_argument("--device", default="cuda")
@@ -605,7 +674,13 @@ def main() -> None:
     DEVICE = args.device
     torch.manual_seed(0)
     setup = Setup(args.device, args.tiny)
-    modes = {"check": check, "bench": bench, "profile": profile, "split-k": split_k}
+    modes = {
+        "check": check,
+        "bench": bench,
+        "profile": profile,
+        "split-k": split_k,
+        "naive-fill": naive_fill,
+    }
     rows = modes[args.mode](args, setup)
     info = {
         "gpu": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu",

@@ -12,7 +12,10 @@ Patch 0006 splits the K loop of ``fused_moe_kernel`` (SPLIT_K > 1: one partial
 product per range of K blocks) and sums the partials in
 ``_split_k_silu_and_mul_per_block_quant_kernel``; the split GEMM's partials must
 add up to the unsplit product, with ragged and empty last ranges, and the
-activation kernel's per-group scales must be those of the summed partials. (The
+activation kernel's per-group scales must be those of the summed partials. Patch
+0008 lets the naive (one token per block) assignment pass no padded token count:
+the kernel must not read it there, and must still stop at it in the aligned
+layout. (The
 interpreter's own FP8 and bf16 casts are not the GPU's, so the quantized values
 and the bf16 rounding are checked by vLLM's in-tree CUDA test,
 tests/kernels/moe/test_moe_split_k.py, on a GPU.)
@@ -123,19 +126,22 @@ SPLIT_K_SCRIPT = textwrap.dedent(
     torch.manual_seed(0)
 
 
-    def split_gemm(a, b, expert_ids, top_k, split):
+    def split_gemm(a, b, expert_ids, top_k, split, aligned=None):
         m, k = a.shape
         e, n, _ = b.shape
         num_tokens = m * top_k
         bm, bn, bk = 16, 32, 32
-        em = num_tokens * bm  # naive block assignment: one token per M block
+        # naive block assignment: one token per M block, no padded count (None: the kernel
+        # must not read it); else (sorted token ids, padded count, EM) of an aligned one
+        sorted_ids, padded, em = aligned or (None, None, num_tokens * bm)
         c = torch.full((split, m, top_k, n), float("nan"))
-        gemm[(num_tokens * triton.cdiv(n, bn), split)](
-            a, b, c[0], None, None, None, None, None, expert_ids, torch.tensor([em]),
+        gemm[(triton.cdiv(em, bm) * triton.cdiv(n, bn), split)](
+            a, b, c[0], None, None, None, None, sorted_ids, expert_ids, padded,
             n, k, em, num_tokens,
             a.stride(0), a.stride(1), b.stride(0), b.stride(2), b.stride(1),
             c.stride(2), c.stride(3), c.stride(0), 0, 0, 0, 0, 0, 0, 0, 0, 0,
-            naive_block_assignment=True, BLOCK_SIZE_M=bm, BLOCK_SIZE_N=bn, BLOCK_SIZE_K=bk,
+            naive_block_assignment=aligned is None, BLOCK_SIZE_M=bm, BLOCK_SIZE_N=bn,
+            BLOCK_SIZE_K=bk,
             GROUP_SIZE_M=1, SPLIT_K=split, MUL_ROUTED_WEIGHT=False, top_k=top_k,
             compute_type=tl.float32, use_fp8_w8a8=False, use_int8_w8a8=False,
             use_int8_w8a16=False, per_channel_quant=False, HAS_BIAS=False, SWAP_AB=False,
@@ -152,6 +158,28 @@ SPLIT_K_SCRIPT = textwrap.dedent(
     for split in (1, 2, 3, 4, 7, 8):  # 3: ragged last range; 8: an empty one
         c = split_gemm(a, b, ids.flatten(), top_k, split)
         assert not c.isnan().any(), (split, "a partial left unwritten")
+        torch.testing.assert_close(c.sum(0), want, rtol=1e-4, atol=1e-4)
+        checked += 1
+
+    # Aligned assignment (moe_align_block_size's layout: each expert's token slots padded to
+    # 16 with the sentinel num_tokens), then two more blocks past the padded count that name
+    # token slot 0 and an expert it is not routed to: the kernel must stop at the padded
+    # count, not overwrite that slot.
+    flat = ids.flatten()
+    blocks, experts = [], []
+    for expert in range(e):
+        slots = (flat == expert).nonzero().flatten().tolist()
+        for i in range(0, len(slots), 16):
+            chunk = slots[i : i + 16]
+            blocks.append(chunk + [len(flat)] * (16 - len(chunk)))
+            experts.append(expert)
+    padded = 16 * len(blocks)
+    blocks += [[0] * 16] * 2
+    experts += [(int(flat[0]) + 1) % e] * 2
+    sorted_ids = torch.tensor(sum(blocks, []), dtype=torch.int32)
+    aligned = (sorted_ids, torch.tensor([padded], dtype=torch.int32), len(sorted_ids))
+    for split in (1, 3):
+        c = split_gemm(a, b, torch.tensor(experts, dtype=torch.int32), top_k, split, aligned)
         torch.testing.assert_close(c.sum(0), want, rtol=1e-4, atol=1e-4)
         checked += 1
 
@@ -177,4 +205,4 @@ SPLIT_K_SCRIPT = textwrap.dedent(
 
 
 def test_split_k_gemm_partials_and_activation_scales() -> None:
-    interpret(SPLIT_K_SCRIPT, 9)
+    interpret(SPLIT_K_SCRIPT, 11)
