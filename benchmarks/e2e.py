@@ -22,6 +22,10 @@ round runs every variant once, so a slow process cannot favour one variant.
         --rounds 2 --workloads itl throughput --out e2e.jsonl
     python -m benchmarks.e2e --probe --out probe.jsonl
 
+Prefix caching is off: the repetitions send the same prompts, and before 2026-12-02 (sef5)
+vLLM's default prefix caching served their prefill from the cache after the first repetition,
+so TTFT medians and the mixed workload measured cache hits (ITL, decode only, did not).
+
 Per process, after warm-up generates that are dropped (each shape once):
 - itl: per batch B, ITL from vLLM's request stats of B requests of --itl-prompt
   tokens generating 65 ((last - first token time) / 64, mean over requests;
@@ -141,9 +145,12 @@ def make_llm(args, **overrides):
         compilation_config={"cudagraph_capture_sizes": [1, 2, 4, 8, 16, 32, 64, 128, 256]},
         seed=0,
         disable_log_stats=False,  # request stats: first and last token times
+        # Every repetition sends the same prompts: with vLLM's default prefix caching the
+        # second and later ones would find their prefill cached (TTFT, the mixed workload).
+        enable_prefix_caching=False,
     )
     if args.tiny:
-        kwargs.update(enforce_eager=True, max_model_len=512, max_num_seqs=16)
+        kwargs.update(enforce_eager=True, max_model_len=1024, max_num_seqs=16)
     kwargs.update(overrides)
     llm = LLM(**kwargs)
     counts = llm.apply_model(realistic_routing)[0]

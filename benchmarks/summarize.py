@@ -27,6 +27,7 @@ RAW = ROOT / "benchmarks" / "results" / "raw"
 GPU, VLLM = "NVIDIA H200", "0.32.0"
 DAY1, DAY2 = "2026-11-29", "2026-11-30"  # the first GPU sessions (series sef1)
 DAY4 = "2026-12-02"  # the one-mechanism series (sef2), realistic routing
+DAY5 = "2026-12-02"  # the seventh session: sef5 (patch 0008), throughput
 
 
 def layer_rows() -> list[dict]:
@@ -163,6 +164,13 @@ def e2e_rows() -> list[dict]:
         + realistic_rows(REALISTIC, "e2e_dsv3_tp8_rank_fp8_realistic", COLD_FIRST)
         + realistic_rows(REALISTIC_SPLIT_K, "e2e_dsv3_tp8_rank_fp8_realistic_split_k", set())
         + realistic_rows(REALISTIC_SEF3, "e2e_dsv3_tp8_rank_fp8_realistic_sef3", set())
+        + realistic_rows(
+            REALISTIC_SEF5,
+            "e2e_dsv3_tp8_rank_fp8_realistic_sef5",
+            set(),
+            throughput="throughput_sef5",
+            date=DAY5,
+        )
     )
 
 
@@ -180,9 +188,23 @@ REALISTIC_SPLIT_K = ["e2e_realistic_split_k"]
 # routing, ITL/TTFT only: processes stock, fused (one device call), fused, stock (the next), then
 # one of the series with fusion off ("off": patch 0006's SPLIT_K for E=256 applies to it too).
 REALISTIC_SEF3 = ["e2e_realistic_sef3b"]
+# sef5 (sef4 + patch 0008), throughput: processes stock, fused, stock, fused, one device call each
+# (the first stock process also measured ITL/TTFT, which has no fused side here); the last fused
+# process ran out of device time after its decode-heavy row. The script still had vLLM's default
+# prefix caching on: repetitions after the first found the mixed workload's prompts cached, in
+# part (the KV cache holds about as many tokens as the workload's prompts), so its values spread.
+REALISTIC_SEF5 = ["e2e_realistic_sef5"]
 
 
-def realistic_rows(files: list[str], name: str, cold_first: set[str]) -> list[dict]:
+def realistic_rows(
+    files: list[str],
+    name: str,
+    cold_first: set[str],
+    throughput: str = "throughput",
+    date: str = "",
+) -> list[dict]:
+    """Summary rows of benchmarks/e2e.py's raw files: e2e rows named ``name``, throughput
+    rows named ``throughput``."""
     distinct = {
         r["batch"]: round(r["mean"], 1)
         for r in map(json.loads, (RAW / "routing_probe_sef2.jsonl").read_text().splitlines())
@@ -203,7 +225,7 @@ def realistic_rows(files: list[str], name: str, cold_first: set[str]) -> list[di
             continue
         stock, fused = statistics.median(sides["stock"]), statistics.median(sides["fused"])
         row = {
-            "scenario": name if scenario == "e2e" else scenario,
+            "scenario": name if scenario == "e2e" else throughput,
             "dtype": "fp8",
             "tp_equiv": 8,
             "batch": batch if batch is not None else WORKLOAD_REQUESTS[workload],
@@ -220,7 +242,7 @@ def realistic_rows(files: list[str], name: str, cold_first: set[str]) -> list[di
             "routing": "realistic",
             "gpu": GPU,
             "vllm": VLLM,
-            "date": DAY4,
+            "date": date or DAY4,
         }
         if workload is not None:
             row["workload"] = workload
@@ -402,9 +424,36 @@ def input_quant_rows() -> list[dict]:
     return rows
 
 
+def naive_fill_rows() -> list[dict]:
+    """Patch 0008 at layer level, in one process: each layer with the padded-count fill that stock
+    vLLM launches on its naive assignment path (``stock``) and without it, as the series runs
+    (``fused``), alternating; one scenario per layer, fusion off and on. At 8 tokens the fused
+    layer (9 slots of 257 experts) is past the naive path's limit: no fill either way."""
+    runs = json.loads((RAW / "layer_naive_fill_sef5.json").read_text())["rows"]
+    return [
+        {
+            "scenario": f"moe_layer_naive_fill_{r['variant']}",
+            "dtype": "fp8",
+            "tp_equiv": 8,
+            "batch": r["batch"],
+            "metric": "moe_us",
+            "stock": round(r["with_fill"], 2),
+            "fused": round(r["without_fill"], 2),
+            "ratio": round(r["without_fill"] / r["with_fill"], 3),
+            "compares": "with stock's padded-count fill / without it (patch 0008)",
+            "stock_values": [round(v, 2) for v in r["with_fill_values"]],
+            "fused_values": [round(v, 2) for v in r["without_fill_values"]],
+            "gpu": GPU,
+            "vllm": VLLM,
+            "date": DAY5,
+        }
+        for r in runs
+    ]
+
+
 def summary_rows() -> list[dict]:
     """Every row of summary.json, in its order."""
-    return layer_rows() + split_k_rows() + input_quant_rows() + e2e_rows()
+    return layer_rows() + split_k_rows() + input_quant_rows() + naive_fill_rows() + e2e_rows()
 
 
 def main() -> None:

@@ -54,6 +54,10 @@ def test_summary_rows_have_the_agreed_format() -> None:
     # quantization at layer level.
     assert ("e2e_dsv3_tp8_rank_fp8_realistic_sef3", "fp8", 8) in scenarios
     assert ("moe_layer_input_quant_rejected", "fp8", 8) in scenarios
+    # sef5: patch 0008's fill at layer level, both layers; throughput, stock and fused.
+    assert ("moe_layer_naive_fill_off", "fp8", 8) in scenarios
+    assert ("moe_layer_naive_fill_fused", "fp8", 8) in scenarios
+    assert ("throughput_sef5", "fp8", 8) in scenarios
     for row in rows:
         if "off" in row:
             assert row["off_ratio"] == pytest.approx(row["off"] / row["stock"], abs=2e-3), row
