@@ -192,7 +192,7 @@ REALISTIC_SEF3 = ["e2e_realistic_sef3b"]
 # (the first stock process also measured ITL/TTFT, which has no fused side here); the last fused
 # process ran out of device time after its decode-heavy row. The script still had vLLM's default
 # prefix caching on: repetitions after the first found the mixed workload's prompts cached, in
-# part (the KV cache holds about as many tokens as the workload's prompts), so its values spread.
+# part, so its values spread.
 REALISTIC_SEF5 = ["e2e_realistic_sef5"]
 
 
