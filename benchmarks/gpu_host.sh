@@ -3,9 +3,13 @@
 # the official vLLM 0.32.0 CUDA wheel, bundled in pieces, staged under /root, patched with
 # this series. On a machine where `pip install dist/vllm-*.whl` works, skip stage/install
 # and run the other steps with the patched wheel installed.
+#   benchmarks/gpu_host.sh extras DIR      (here, with registry access) the CUDA wheel's requirement
+#                                          nvidia-cutlass-dsl[cu13] that the shared bundle leaves
+#                                          out, as pieces DIR/extras.partNN (< 64 MiB each)
 #   benchmarks/gpu_host.sh stage DIR       copy the pieces in DIR to /root/stage
-#   benchmarks/gpu_host.sh install         unpack vLLM + deps into /root/site, apply patches/;
-#                                          /root/stock-site: the same site with unpatched vLLM
+#   benchmarks/gpu_host.sh install         unpack vLLM + deps (+ extras, if staged) into /root/site,
+#                                          apply patches/; /root/stock-site: the same site with
+#                                          unpatched vLLM
 #   benchmarks/gpu_host.sh unit [DIR]      the series' in-tree CUDA tests, copied to DIR
 #                                          (default .gpu/intree, a tree like vllm/tests)
 #   benchmarks/gpu_host.sh check           layer-level numerics vs an fp32 reference
@@ -29,9 +33,29 @@ export VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # sefkit, benchmarks
 step=$1; shift
 case "$step" in
-  stage) bash "$BIN/stage.sh" "$1" ;;
+  extras)
+    # vLLM 0.32.0's CUDA requirements pin nvidia-cutlass-dsl[cu13]==4.8.0; with it GateLinear runs
+    # the router GEMM with vLLM's ll_bf16 kernel at M <= 16, as on a user's install.
+    tmp=$(mktemp -d)
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+      --platform manylinux_2_28_x86_64 -d "$tmp" nvidia-cutlass-dsl==4.8.0 \
+      nvidia-cutlass-dsl-libs-base==4.8.0 nvidia-cutlass-dsl-libs-cu13==4.8.0
+    mkdir -p "$1" && rm -f "$1"/extras.part*
+    tar cf - -C "$tmp" . | split -b 48M -d - "$1/extras.part"
+    rm -rf "$tmp" && ls -l "$1"/extras.part*
+    ;;
+  stage)
+    bash "$BIN/stage.sh" "$1"
+    for f in "$1"/extras.part*; do [ -f "$f" ] && cp "$f" /root/stage/; done
+    ;;
   install)
     bash "$BIN/stage.sh" /nonexistent install
+    if compgen -G "/root/stage/extras.part*" >/dev/null; then
+      rm -rf /root/stage/extras && mkdir -p /root/stage/extras
+      cat /root/stage/extras.part* | tar xf - -C /root/stage/extras
+      python3 -m pip install -q --no-index --no-deps --no-compile --target /root/site \
+        /root/stage/extras/*.whl
+    fi
     export PYTHONPATH=/root/site
     mapfile -t series < <(sed 's|^|patches/|' patches/series)
     bash "$BIN/apply-patches.sh" "${series[@]}"
@@ -41,6 +65,8 @@ case "$step" in
     done
     ln -s /root/stage/vllm.pristine /root/stock-site/vllm
     python3 -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__, torch.cuda.get_device_name())"
+    python3 -c "from vllm.model_executor.kernels.linear.cute_dsl.ll_bf16 import is_available as a
+print('ll_bf16 router GEMM available:', a())"
     ;;
   unit)
     # From DIR, with its own pytest.ini: vLLM's `tests` package, not this repository's.
