@@ -202,9 +202,12 @@ def realistic_rows(
     cold_first: set[str],
     throughput: str = "throughput",
     date: str = "",
+    prefix_caching: bool = True,
 ) -> list[dict]:
     """Summary rows of benchmarks/e2e.py's raw files: e2e rows named ``name``, throughput
-    rows named ``throughput``."""
+    rows named ``throughput``. ``prefix_caching``: the run had vLLM's prefix caching on (the
+    script did until sef5), so its TTFT repetitions after each batch's first were cache hits:
+    those rows say so."""
     distinct = {
         r["batch"]: round(r["mean"], 1)
         for r in map(json.loads, (RAW / "routing_probe_sef2.jsonl").read_text().splitlines())
@@ -246,6 +249,10 @@ def realistic_rows(
         }
         if workload is not None:
             row["workload"] = workload
+        if prefix_caching and metric == "ttft_ms":
+            row["prefix_cache"] = "hits: the same prompts each repetition, prefix caching on"
+        if prefix_caching and workload == "mixed":
+            row["prefix_cache"] = "partial hits: the same prompts each repetition"
         if scenario == "e2e":
             row["distinct_experts"] = distinct[batch]
         rows.append(row)
