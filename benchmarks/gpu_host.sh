@@ -46,7 +46,7 @@ case "$step" in
     ;;
   stage)
     bash "$BIN/stage.sh" "$1"
-    for f in "$1"/extras.part*; do [ -f "$f" ] && cp "$f" /root/stage/; done
+    if compgen -G "$1/extras.part*" >/dev/null; then cp "$1"/extras.part* /root/stage/; fi
     ;;
   install)
     bash "$BIN/stage.sh" /nonexistent install

@@ -371,6 +371,18 @@ def expert_bytes(tensors: dict[str, torch.Tensor], prefix: str) -> int:
     )
 
 
+def layer_inputs(config, tokens: list[int], graphs: int) -> dict[int, list[torch.Tensor]]:
+    """``graphs`` seeded bf16 inputs of M tokens per M, one CUDA graph each (time_layer)."""
+    gen = torch.Generator(device=DEVICE).manual_seed(0)
+    return {
+        m: [
+            torch.randn(m, config.hidden_size, generator=gen, device=DEVICE).to(torch.bfloat16)
+            for _ in range(graphs)
+        ]
+        for m in tokens
+    }
+
+
 def time_layer(setup, layer, inputs: list[torch.Tensor], iters: int) -> float:
     """Median microseconds per replay, round-robin over one graph per input."""
     graphs = capture(lambda x: forward(setup, layer, x), [(x,) for x in inputs], warmup=2)
@@ -390,16 +402,7 @@ def bench(args, setup: Setup) -> list[dict]:
             per_expert = expert_bytes(tensors, "experts.0")
             shared = expert_bytes(tensors, "shared_experts")
             gate = expert_bytes(tensors, "gate")
-            gen = torch.Generator(device=DEVICE).manual_seed(0)
-            inputs = {
-                m: [
-                    torch.randn(m, config.hidden_size, generator=gen, device=DEVICE).to(
-                        torch.bfloat16
-                    )
-                    for _ in range(args.graphs)
-                ]
-                for m in args.tokens
-            }
+            inputs = layer_inputs(config, args.tokens, args.graphs)
             times: dict[str, dict[int, float]] = {}
             for variant, replicas in (("stock", 0), ("fused", 1)):
                 layer = build_layer(setup, config, dtype, replicas)
@@ -526,14 +529,7 @@ def naive_fill(args, setup: Setup) -> list[dict]:
 
     config = make_config(setup, tp=8)
     tensors = make_weights(config, "fp8")
-    gen = torch.Generator(device=DEVICE).manual_seed(0)
-    inputs = {
-        m: [
-            torch.randn(m, config.hidden_size, generator=gen, device=DEVICE).to(torch.bfloat16)
-            for _ in range(args.graphs)
-        ]
-        for m in args.tokens
-    }
+    inputs = layer_inputs(config, args.tokens, args.graphs)
     rows = []
     for variant, replicas in (("off", 0), ("fused", 1)):
         layer = build_layer(setup, config, "fp8", replicas)

@@ -160,9 +160,7 @@ def e2e_rows() -> list[dict]:
                 }
             )
             if metric == "ttft_ms":  # e2e_latency.py warmed up with the prompts it timed
-                rows[-1]["prefix_cache"] = (
-                    "hits: the same prompts each repetition, prefix caching on"
-                )
+                rows[-1]["prefix_cache"] = CACHED_TTFT
     return (
         rows
         + realistic_rows(REALISTIC, "e2e_dsv3_tp8_rank_fp8_realistic", COLD_FIRST)
@@ -254,7 +252,7 @@ def realistic_rows(
         if workload is not None:
             row["workload"] = workload
         if prefix_caching and metric == "ttft_ms":
-            row["prefix_cache"] = "hits: the same prompts each repetition, prefix caching on"
+            row["prefix_cache"] = CACHED_TTFT
         if prefix_caching and workload == "mixed":
             row["prefix_cache"] = "partial hits: the same prompts each repetition"
         if scenario == "e2e":
@@ -276,6 +274,8 @@ def off_columns(values: list[float], stock: float) -> dict:
 
 
 WORKLOAD_REQUESTS = {"decode_heavy": 256, "mixed": 512}
+# The label of a TTFT row timed with prefix caching on and the same prompts in each repetition.
+CACHED_TTFT = "hits: the same prompts each repetition, prefix caching on"
 
 
 RATIO_LINES = [
