@@ -3,9 +3,9 @@
 # the official vLLM 0.32.0 CUDA wheel, bundled in pieces, staged under /root, patched with
 # this series. On a machine where `pip install dist/vllm-*.whl` works, skip stage/install
 # and run the other steps with the patched wheel installed.
-#   benchmarks/gpu_host.sh extras DIR      (here, with registry access) the CUDA wheel's requirement
-#                                          nvidia-cutlass-dsl[cu13] that the shared bundle leaves
-#                                          out, as pieces DIR/extras.partNN (< 64 MiB each)
+#   benchmarks/gpu_host.sh extras DIR      (here, with registry access) the CUDA wheel's requirements
+#                                          nvidia-cutlass-dsl[cu13] and quack-kernels that the shared
+#                                          bundle leaves out, as pieces DIR/extras.partNN (< 64 MiB each)
 #   benchmarks/gpu_host.sh stage DIR       copy the pieces in DIR to /root/stage
 #   benchmarks/gpu_host.sh install         unpack vLLM + deps (+ extras, if staged) into /root/site,
 #                                          apply patches/; /root/stock-site: the same site with
@@ -34,12 +34,14 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # sefkit, benchmarks
 step=$1; shift
 case "$step" in
   extras)
-    # vLLM 0.32.0's CUDA requirements pin nvidia-cutlass-dsl[cu13]==4.8.0; with it GateLinear runs
-    # the router GEMM with vLLM's ll_bf16 kernel at M <= 16, as on a user's install.
+    # vLLM 0.32.0's CUDA requirements pin nvidia-cutlass-dsl[cu13]==4.8.0 and quack-kernels==0.6.5
+    # (ll_bf16 compiles its kernels with quack's helpers; quack needs torch-c-dlpack-ext); with them
+    # GateLinear runs the router GEMM with vLLM's ll_bf16 kernel at M <= 16, as on a user's install.
     tmp=$(mktemp -d)
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
       --platform manylinux_2_28_x86_64 -d "$tmp" nvidia-cutlass-dsl==4.8.0 \
-      nvidia-cutlass-dsl-libs-base==4.8.0 nvidia-cutlass-dsl-libs-cu13==4.8.0
+      nvidia-cutlass-dsl-libs-base==4.8.0 nvidia-cutlass-dsl-libs-cu13==4.8.0 \
+      quack-kernels==0.6.5 torch-c-dlpack-ext==0.1.5
     mkdir -p "$1" && rm -f "$1"/extras.part*
     tar cf - -C "$tmp" . | split -b 48M -d - "$1/extras.part"
     rm -rf "$tmp" && ls -l "$1"/extras.part*
