@@ -28,6 +28,7 @@ GPU, VLLM = "NVIDIA H200", "0.32.0"
 DAY1, DAY2 = "2026-11-29", "2026-11-30"  # the first GPU sessions (series sef1)
 DAY4 = "2026-12-02"  # the one-mechanism series (sef2), realistic routing
 DAY5 = "2026-12-02"  # the seventh session: sef5 (patch 0008), throughput
+DAY6 = "2026-12-03"  # the ninth session: sef5 without prefix caching
 
 
 def layer_rows() -> list[dict]:
@@ -173,6 +174,14 @@ def e2e_rows() -> list[dict]:
             throughput="throughput_sef5",
             date=DAY5,
         )
+        + realistic_rows(
+            REALISTIC_SEF5B,
+            "e2e_dsv3_tp8_rank_fp8_realistic_sef5b",
+            set(),
+            throughput="throughput_sef5b",
+            date=DAY6,
+            prefix_caching=False,
+        )
     )
 
 
@@ -196,6 +205,12 @@ REALISTIC_SEF3 = ["e2e_realistic_sef3b"]
 # prefix caching on: repetitions after the first found the mixed workload's prompts cached, in
 # part, so its values spread.
 REALISTIC_SEF5 = ["e2e_realistic_sef5"]
+# sef5 again with prefix caching off (uncached TTFT and mixed prefill), ITL/TTFT and both
+# throughput workloads in every process, two repetitions each: processes stock, fused, stock, one
+# device call each, on one lease (the machine was taken back before the second fused process). The
+# eighth session's stock process (three repetitions, an earlier lease) is kept apart in
+# e2e_realistic_sef5b_stock_prev and out of the ratios.
+REALISTIC_SEF5B = ["e2e_realistic_sef5b"]
 
 
 def realistic_rows(
@@ -280,6 +295,12 @@ CACHED_TTFT = "hits: the same prompts each repetition, prefix caching on"
 
 RATIO_LINES = [
     # scenario, dtype, TP equivalent, label
+    (
+        "e2e_dsv3_tp8_rank_fp8_realistic_sef5b",
+        "fp8",
+        8,
+        "end-to-end decode ITL, FP8, TP8 rank, realistic routing, sef5",
+    ),
     ("moe_layer", "fp8", 8, "MoE layer, FP8 block, TP8 rank (tuned E=257)"),
     ("moe_layer", "bf16", 8, "MoE layer, bf16, TP8 rank (tuned E=257)"),
     ("moe_layer", "fp8", 1, "MoE layer, FP8 block, TP1 (tuned E=257)"),
