@@ -4,7 +4,8 @@
 #   (a) the series applies cleanly to the base (in a throw-away clone of vllm/, ci/scratch-tree.sh);
 #   (b) every patch has a subject, a body besides its trailers, and a Signed-off-by: line;
 #   (c) no patch adds whitespace errors (git diff --check);
-#   (d) vLLM's ruff, at the version its .pre-commit-config.yaml pins, with its pyproject.toml settings:
+#   (d) vLLM's ruff, at the version its .pre-commit-config.yaml pins (a venv of its own under build/
+#       when that is not ci/tools-requirements.txt's), with its pyproject.toml settings:
 #       `ruff check` and `ruff format --check` on every .py/.pyi file the series adds or changes;
 #   (e) patches/ is what `make refresh` would write (so apply + refresh is a byte-for-byte round trip);
 #   ci/check.sh
@@ -51,20 +52,34 @@ $ws"
 done
 phase_done "(b, c) patch hygiene and whitespace"
 
-# (d) vLLM's ruff on the files the series touches, as they are after applying
-want=$(awk '/repo: .*astral-sh\/ruff-pre-commit/ { f = 1; next } f && /rev:/ { sub(/.*rev: *v?/, ""); print; exit }' \
-  "$tree/.pre-commit-config.yaml")
+# (d) vLLM's ruff on the files the series touches, as they are after applying. The version is
+# the base's pin (its rev, or the "# frozen: vX" note beside a commit-hash rev): the tools venv's
+# ruff when it is that version, else that version in a venv of its own under build/.
+want=$(awk '/repo: .*astral-sh\/ruff-pre-commit/ { f = 1; next }
+  f && /rev:/ { if (match($0, /frozen: *v?[0-9][^ ]*/)) { v = substr($0, RSTART, RLENGTH); sub(/frozen: *v?/, "", v) }
+                else { v = $0; sub(/.*rev: *v?/, "", v); sub(/ .*/, "", v) }
+                print v; exit }' "$tree/.pre-commit-config.yaml")
 have=$("$ruff" --version | awk '{ print $2 }')
-if [ "$want" != "$have" ]; then
-  fail d "vLLM's pre-commit pins ruff $want but ci/tools-requirements.txt has ruff $have: update it"
+if ! [[ $want =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]]; then
+  fail d "no ruff version in $tree/.pre-commit-config.yaml (ruff-pre-commit rev or '# frozen: vX.Y.Z'): got '$want'"
 else
+  if [ "$want" != "$have" ]; then
+    venv=$BUILD_DIR/ruff-$want
+    if ! [ -x "$venv/bin/ruff" ]; then
+      log "vLLM's pre-commit here pins ruff $want (tools venv: $have): installing it into $venv"
+      rm -rf "$venv" && "$PYTHON" -m venv "$venv"
+      "$venv/bin/python" -m pip install -q --disable-pip-version-check "ruff==$want" \
+        2> >(pip_noise_filter >&2) >&2 || die "installing ruff==$want into $venv failed"
+    fi
+    ruff=$venv/bin/ruff
+  fi
   mapfile -t changed < <(tgit diff --name-only --no-renames --diff-filter=d "$BASE_REF" "$SERIES_BRANCH" -- '*.py' '*.pyi')
   if [ "${#changed[@]}" -gt 0 ]; then
     # From the tree's root, as vLLM's pre-commit runs it: its pyproject.toml configures ruff.
     (cd "$tree" && "$ruff" check --force-exclude "${changed[@]}") || fail d "ruff check (vLLM config)"
     (cd "$tree" && "$ruff" format --check --diff --force-exclude "${changed[@]}") || fail d "ruff format (vLLM config)"
   fi
-  phase_done "(d) vLLM ruff $have on ${#changed[@]} file(s)"
+  phase_done "(d) vLLM ruff $want on ${#changed[@]} file(s)"
 fi
 
 # (e) canonical form: what refresh would write from the applied tree

@@ -135,11 +135,17 @@ SPLIT_K_SCRIPT = textwrap.dedent(
         # must not read it); else (sorted token ids, padded count, EM) of an aligned one
         sorted_ids, padded, em = aligned or (None, None, num_tokens * bm)
         c = torch.full((split, m, top_k, n), float("nan"))
+        # By name: newer vLLMs add arguments (0.34: TMA descriptors b_desc, a_desc, None here).
+        descriptors = {name: None for name in gemm.arg_names if name.endswith("_desc")}
         gemm[(triton.cdiv(em, bm) * triton.cdiv(n, bn), split)](
-            a, b, c[0], None, None, None, None, sorted_ids, expert_ids, padded,
-            n, k, em, num_tokens,
-            a.stride(0), a.stride(1), b.stride(0), b.stride(2), b.stride(1),
-            c.stride(2), c.stride(3), c.stride(0), 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            a_ptr=a, b_ptr=b, c_ptr=c[0], b_bias_ptr=None, a_scale_ptr=None, b_scale_ptr=None,
+            topk_weights_ptr=None, sorted_token_ids_ptr=sorted_ids, expert_ids_ptr=expert_ids,
+            num_tokens_post_padded_ptr=padded, N=n, K=k, EM=em, num_valid_tokens=num_tokens,
+            stride_am=a.stride(0), stride_ak=a.stride(1), stride_be=b.stride(0),
+            stride_bk=b.stride(2), stride_bn=b.stride(1), stride_cm=c.stride(2),
+            stride_cn=c.stride(3), stride_ck=c.stride(0), stride_asm=0, stride_ask=0,
+            stride_bse=0, stride_bsk=0, stride_bsn=0, stride_bbe=0, stride_bbn=0, group_n=0,
+            group_k=0, **descriptors,
             naive_block_assignment=aligned is None, BLOCK_SIZE_M=bm, BLOCK_SIZE_N=bn,
             BLOCK_SIZE_K=bk,
             GROUP_SIZE_M=1, SPLIT_K=split, MUL_ROUTED_WEIGHT=False, top_k=top_k,
