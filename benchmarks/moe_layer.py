@@ -11,6 +11,7 @@ shared-experts CUDA stream) and fused (VLLM_SHARED_EXPERT_FUSION_REPLICAS=R).
     python -m benchmarks.moe_layer profile [--dtype fp8] [--tokens 1 16 256] --out F.json
     python -m benchmarks.moe_layer split-k [--tokens 1 16] [--write-configs DIR] --out F.json
     python -m benchmarks.moe_layer naive-fill [--tokens 1 2 4] [--rounds 3] --out F.json
+    python -m benchmarks.moe_layer pdl [--tokens 1 16 256] [--rounds 3] --out F.json
 
 ``check`` compares both layers with an fp32 reference computed from the same
 (dequantized) weights and routing: the fused layer must be as close to it as
@@ -21,12 +22,14 @@ measured device copy bandwidth. ``profile`` prints each variant's per-kernel
 table (torch.profiler over eager calls: device time and launches per layer
 call) beside its CUDA-graph replay time. ``naive-fill`` times both layers with
 and without the fill of a padded token count that stock vLLM launches at small
-batches and patch 0008 drops, alternating in one process.
+batches and patch 0008 drops, alternating in one process; ``pdl`` likewise with
+programmatic dependent launch of the Triton MoE kernels (patch 0009) off and on.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -508,10 +511,63 @@ def profile(args, setup: Setup) -> list[dict]:
     return rows
 
 
+def alternate(setup, variants, settings, tokens, args, scenario: str) -> list[dict]:
+    """Time each layer of ``variants`` ((name, replicas) pairs; FP8, TP8 rank) under each of
+    the two ``settings`` (name -> context manager factory), alternating ``args.rounds``
+    times in this process; one row per variant and batch with the medians and the
+    ratio second / first setting."""
+    config = make_config(setup, tp=8)
+    tensors = make_weights(config, "fp8")
+    inputs = layer_inputs(config, tokens, args.graphs)
+    (first, _), (second, _) = settings.items()
+    rows = []
+    for variant, replicas in variants:
+        layer = build_layer(setup, config, "fp8", replicas)
+        load_layer(layer, tensors)
+        times: dict[tuple[str, int], list[float]] = {}
+        for _ in range(args.rounds):
+            for name, setting in settings.items():
+                with setting():
+                    for m in tokens:
+                        us = time_layer(setup, layer, inputs[m], args.iters)
+                        times.setdefault((name, m), []).append(us)
+        for m in tokens:
+            a, b = times[(first, m)], times[(second, m)]
+            row = {
+                "scenario": scenario,
+                "dtype": "fp8",
+                "tp_equiv": 8,
+                "variant": variant,
+                "batch": m,
+                "metric": "moe_us",
+                first: statistics.median(a),
+                second: statistics.median(b),
+                "ratio": statistics.median(b) / statistics.median(a),
+                f"{first}_values": a,
+                f"{second}_values": b,
+            }
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+        del layer
+        torch.cuda.empty_cache()
+    return rows
+
+
+@contextlib.contextmanager
+def patched(obj, name: str, value):
+    """``obj.name = value`` inside the block."""
+    old = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, old)
+
+
 def naive_fill(args, setup: Setup) -> list[dict]:
-    """Patch 0008 in one process: the unfused and fused layers (FP8, TP8 rank) timed with the
-    padded-count fill that stock vLLM launches on the naive assignment path put back, and
-    without it (as the series runs), alternating ``--rounds`` times; medians per setting."""
+    """Patch 0008 in one process: the unfused and fused layers timed with the padded-count
+    fill that stock vLLM launches on the naive assignment path put back, and without it
+    (as the series runs)."""
     from vllm.model_executor.layers.fused_moe.experts import triton_moe
 
     prepare = triton_moe._prepare_expert_assignment
@@ -527,43 +583,29 @@ def naive_fill(args, setup: Setup) -> list[dict]:
             )
         return sorted_ids, expert_ids, padded
 
-    config = make_config(setup, tp=8)
-    tensors = make_weights(config, "fp8")
-    inputs = layer_inputs(config, args.tokens, args.graphs)
-    rows = []
-    for variant, replicas in (("off", 0), ("fused", 1)):
-        layer = build_layer(setup, config, "fp8", replicas)
-        load_layer(layer, tensors)
-        times: dict[tuple[bool, int], list[float]] = {}
-        for _ in range(args.rounds):
-            for fill in (True, False):
-                triton_moe._prepare_expert_assignment = with_fill if fill else prepare
-                try:
-                    for m in args.tokens:
-                        us = time_layer(setup, layer, inputs[m], args.iters)
-                        times.setdefault((fill, m), []).append(us)
-                finally:
-                    triton_moe._prepare_expert_assignment = prepare
-        for m in args.tokens:
-            filled, unfilled = times[(True, m)], times[(False, m)]
-            row = {
-                "scenario": "moe_layer_naive_fill",
-                "dtype": "fp8",
-                "tp_equiv": 8,
-                "variant": variant,
-                "batch": m,
-                "metric": "moe_us",
-                "with_fill": statistics.median(filled),
-                "without_fill": statistics.median(unfilled),
-                "ratio": statistics.median(unfilled) / statistics.median(filled),
-                "with_fill_values": filled,
-                "without_fill_values": unfilled,
-            }
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-        del layer
-        torch.cuda.empty_cache()
-    return rows
+    settings = {
+        "with_fill": lambda: patched(triton_moe, "_prepare_expert_assignment", with_fill),
+        "without_fill": contextlib.nullcontext,
+    }
+    variants = (("off", 0), ("fused", 1))
+    return alternate(setup, variants, settings, args.tokens, args, "moe_layer_naive_fill")
+
+
+def pdl(args, setup: Setup) -> list[dict]:
+    """Patch 0009 in one process: the unfused and fused layers timed with programmatic
+    dependent launch of the Triton MoE kernels off (as before the patch) and on (as the
+    series runs on Hopper)."""
+    from vllm.platforms import current_platform
+
+    off = classmethod(lambda cls: False)
+    settings = {
+        "pdl_off": lambda: patched(type(current_platform), "is_arch_support_pdl", off),
+        "pdl_on": contextlib.nullcontext,
+    }
+    if not current_platform.is_arch_support_pdl():
+        raise SystemExit("pdl: this GPU does not support programmatic dependent launch")
+    variants = (("off", 0), ("fused", 1))
+    return alternate(setup, variants, settings, args.tokens, args, "moe_layer_pdl")
 
 
 def expert_weights(layer) -> tuple[torch.Tensor, torch.Tensor]:
@@ -651,7 +693,9 @@ def split_k(args, setup: Setup) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["check", "bench", "profile", "split-k", "naive-fill"])
+    parser.add_argument(
+        "mode", choices=["check", "bench", "profile", "split-k", "naive-fill", "pdl"]
+    )
     parser.add_argument("--dtype", nargs="+", default=["bf16", "fp8"])
     parser.add_argument("--tp", nargs="+", type=int, default=[8, 1])
     parser.add_argument("--replicas", nargs="+", type=int, default=[1, 2])
@@ -661,7 +705,7 @@ def main() -> None:
     parser.add_argument("--min-gain", type=float, default=0.02, help="split-k: to write")
     parser.add_argument("--write-configs", help="split-k: config files with SPLIT_K here")
     parser.add_argument("--iters", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=3, help="naive-fill: alternations")
+    parser.add_argument("--rounds", type=int, default=3, help="naive-fill, pdl: alternations")
     parser.add_argument("--out")
     parser.add_argument("--tiny", action="store_true", help="small shapes")
     parser.add_argument("--device", default="cuda")
@@ -676,6 +720,7 @@ def main() -> None:
         "profile": profile,
         "split-k": split_k,
         "naive-fill": naive_fill,
+        "pdl": pdl,
     }
     rows = modes[args.mode](args, setup)
     info = {

@@ -58,6 +58,13 @@ def test_summary_rows_have_the_agreed_format() -> None:
     assert ("moe_layer_naive_fill_off", "fp8", 8) in scenarios
     assert ("moe_layer_naive_fill_fused", "fp8", 8) in scenarios
     assert ("throughput_sef5", "fp8", 8) in scenarios
+    # sef6: patch 0009 (PDL) at layer level, both layers, as shipped and the rejected all-sizes
+    # version; end to end and throughput.
+    for variant in ("off", "fused"):
+        assert (f"moe_layer_pdl_{variant}", "fp8", 8) in scenarios
+        assert (f"moe_layer_pdl_all_sizes_rejected_{variant}", "fp8", 8) in scenarios
+    assert ("e2e_dsv3_tp8_rank_fp8_realistic_sef6", "fp8", 8) in scenarios
+    assert ("throughput_sef6", "fp8", 8) in scenarios
     for row in rows:
         if "off" in row:
             assert row["off_ratio"] == pytest.approx(row["off"] / row["stock"], abs=2e-3), row
