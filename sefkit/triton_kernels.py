@@ -45,20 +45,48 @@ class _WithWarps:
         return run
 
 
+class _Interpreter:
+    """``current_platform`` for the launchers in Triton's interpreter, which has no programmatic
+    dependent launch (patch 0009 asks ``is_arch_support_pdl()`` before launching with it)."""
+
+    @staticmethod
+    def is_arch_support_pdl() -> bool:
+        return False
+
+
+def _platform():
+    """vLLM's ``current_platform`` on a GPU (the launchers run as in vLLM), else _Interpreter."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return _Interpreter()
+    from vllm.platforms import current_platform
+
+    return current_platform
+
+
+def _defines(node: ast.stmt) -> str | None:
+    """The name a top-level function, class or single-name assignment defines."""
+    if isinstance(node, ast.Assign) and len(node.targets) == 1:
+        return getattr(node.targets[0], "id", None)
+    return getattr(node, "name", None)
+
+
 def load(module: str, names: tuple[str, ...]) -> dict:
-    """Execute the top-level definitions ``names`` of the installed vLLM's ``module`` (a path
-    under vllm/) in a fresh namespace holding torch, triton and tl."""
+    """Execute the top-level definitions ``names`` (functions or constants) of the installed
+    vLLM's ``module`` (a path under vllm/) in a fresh namespace holding torch, triton, tl and
+    ``current_platform`` (see _platform)."""
     import torch
     import triton
     import triton.language as tl
 
     path = source_path(module)
     tree = ast.parse(path.read_text())
-    nodes = [n for n in tree.body if getattr(n, "name", None) in names]
-    missing = set(names) - {n.name for n in nodes}
+    nodes = [n for n in tree.body if _defines(n) in names]
+    missing = set(names) - {_defines(n) for n in nodes}
     if missing:
         raise RuntimeError(f"{path} lacks {sorted(missing)}: is the series applied?")
-    scope = {"torch": torch, "triton": triton, "tl": tl}
+    scope = {"torch": torch, "triton": triton, "tl": tl, "current_platform": _platform()}
     exec(compile(ast.Module(nodes, []), str(path), "exec"), scope)
     return scope
 
@@ -67,7 +95,7 @@ def fused_routing(num_warps: int | None = None) -> Callable:
     """``grouped_topk_fused_shared_experts`` as the installed vLLM defines it, launching its kernel
     with ``num_warps`` warps (None: as vLLM launches it, with one warp since patch 0003 measured
     that fastest)."""
-    namespace = load(MODULE, (KERNEL, LAUNCHER))
+    namespace = load(MODULE, (KERNEL, LAUNCHER, "_PDL_MAX_TOKENS"))
     if num_warps is not None:
         namespace[KERNEL] = _WithWarps(namespace[KERNEL], num_warps)
     return namespace[LAUNCHER]
