@@ -477,31 +477,44 @@ def input_quant_rows() -> list[dict]:
     return rows
 
 
+def ab_rows(file: str, scenario: str, before: str, after: str, compares: str, date: str):
+    """Rows of a ``benchmarks/moe_layer.py`` A/B in one process (``alternate``): ``stock`` is the
+    setting ``before``, ``fused`` the setting ``after``; one scenario per layer variant."""
+    return [
+        {
+            "scenario": f"{scenario}_{r['variant']}",
+            "dtype": "fp8",
+            "tp_equiv": 8,
+            "batch": r["batch"],
+            "metric": "moe_us",
+            "stock": round(r[before], 2),
+            "fused": round(r[after], 2),
+            "ratio": round(r[after] / r[before], 3),
+            "compares": compares,
+            "stock_values": [round(v, 2) for v in r[f"{before}_values"]],
+            "fused_values": [round(v, 2) for v in r[f"{after}_values"]],
+            "gpu": GPU,
+            "vllm": VLLM,
+            "date": date,
+        }
+        for r in json.loads((RAW / file).read_text())["rows"]
+    ]
+
+
 def naive_fill_rows() -> list[dict]:
     """Patch 0008 at layer level, in one process: each layer with the padded-count fill that stock
     vLLM launches on its naive assignment path (``stock``) and without it, as the series runs
     (``fused``), alternating; one scenario per layer, fusion off and on. At 8 tokens the fused
     layer (9 slots of 257 experts) is past the naive path's limit: no fill either way."""
-    runs = json.loads((RAW / "layer_naive_fill_sef5.json").read_text())["rows"]
-    return [
-        {
-            "scenario": f"moe_layer_naive_fill_{r['variant']}",
-            "dtype": "fp8",
-            "tp_equiv": 8,
-            "batch": r["batch"],
-            "metric": "moe_us",
-            "stock": round(r["with_fill"], 2),
-            "fused": round(r["without_fill"], 2),
-            "ratio": round(r["without_fill"] / r["with_fill"], 3),
-            "compares": "with stock's padded-count fill / without it (patch 0008)",
-            "stock_values": [round(v, 2) for v in r["with_fill_values"]],
-            "fused_values": [round(v, 2) for v in r["without_fill_values"]],
-            "gpu": GPU,
-            "vllm": VLLM,
-            "date": DAY5,
-        }
-        for r in runs
-    ]
+    compares = "with stock's padded-count fill / without it (patch 0008)"
+    return ab_rows(
+        "layer_naive_fill_sef5.json",
+        "moe_layer_naive_fill",
+        "with_fill",
+        "without_fill",
+        compares,
+        DAY5,
+    )
 
 
 def pdl_rows() -> list[dict]:
@@ -510,31 +523,15 @@ def pdl_rows() -> list[dict]:
     patch as shipped (``layer_pdl_sef6``: the GEMMs with PDL on the naive assignment path only,
     the routing at every size) and the first version, PDL for every batch size (rejected: 1-5%
     slower from 16 tokens up)."""
-    rows = []
-    for file, name in (
-        ("layer_pdl_sef6.json", "moe_layer_pdl"),
-        ("layer_pdl_all_sizes_rejected.json", "moe_layer_pdl_all_sizes_rejected"),
-    ):
-        for r in json.loads((RAW / file).read_text())["rows"]:
-            rows.append(
-                {
-                    "scenario": f"{name}_{r['variant']}",
-                    "dtype": "fp8",
-                    "tp_equiv": 8,
-                    "batch": r["batch"],
-                    "metric": "moe_us",
-                    "stock": round(r["pdl_off"], 2),
-                    "fused": round(r["pdl_on"], 2),
-                    "ratio": round(r["pdl_on"] / r["pdl_off"], 3),
-                    "compares": "programmatic dependent launch off / on (patch 0009)",
-                    "stock_values": [round(v, 2) for v in r["pdl_off_values"]],
-                    "fused_values": [round(v, 2) for v in r["pdl_on_values"]],
-                    "gpu": GPU,
-                    "vllm": VLLM,
-                    "date": DAY7,
-                }
-            )
-    return rows
+    compares = "programmatic dependent launch off / on (patch 0009)"
+    return [
+        row
+        for file, scenario in (
+            ("layer_pdl_sef6.json", "moe_layer_pdl"),
+            ("layer_pdl_all_sizes_rejected.json", "moe_layer_pdl_all_sizes_rejected"),
+        )
+        for row in ab_rows(file, scenario, "pdl_off", "pdl_on", compares, DAY7)
+    ]
 
 
 def summary_rows() -> list[dict]:
