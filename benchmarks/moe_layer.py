@@ -38,6 +38,7 @@ import sys
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
+from unittest import mock
 
 import torch
 
@@ -511,27 +512,26 @@ def profile(args, setup: Setup) -> list[dict]:
     return rows
 
 
-def alternate(setup, variants, settings, tokens, args, scenario: str) -> list[dict]:
-    """Time each layer of ``variants`` ((name, replicas) pairs; FP8, TP8 rank) under each of
-    the two ``settings`` (name -> context manager factory), alternating ``args.rounds``
-    times in this process; one row per variant and batch with the medians and the
-    ratio second / first setting."""
+def alternate(args, setup: Setup, settings: dict, scenario: str) -> list[dict]:
+    """Time the unfused and the fused layer (FP8, TP8 rank) at ``args.tokens`` under each of
+    the two ``settings`` (name -> context manager factory), alternating ``args.rounds`` times in
+    this process; one row per layer and batch with the medians and the ratio second / first."""
     config = make_config(setup, tp=8)
     tensors = make_weights(config, "fp8")
-    inputs = layer_inputs(config, tokens, args.graphs)
+    inputs = layer_inputs(config, args.tokens, args.graphs)
     (first, _), (second, _) = settings.items()
     rows = []
-    for variant, replicas in variants:
+    for variant, replicas in (("off", 0), ("fused", 1)):
         layer = build_layer(setup, config, "fp8", replicas)
         load_layer(layer, tensors)
         times: dict[tuple[str, int], list[float]] = {}
         for _ in range(args.rounds):
             for name, setting in settings.items():
                 with setting():
-                    for m in tokens:
+                    for m in args.tokens:
                         us = time_layer(setup, layer, inputs[m], args.iters)
                         times.setdefault((name, m), []).append(us)
-        for m in tokens:
+        for m in args.tokens:
             a, b = times[(first, m)], times[(second, m)]
             row = {
                 "scenario": scenario,
@@ -551,17 +551,6 @@ def alternate(setup, variants, settings, tokens, args, scenario: str) -> list[di
         del layer
         torch.cuda.empty_cache()
     return rows
-
-
-@contextlib.contextmanager
-def patched(obj, name: str, value):
-    """``obj.name = value`` inside the block."""
-    old = getattr(obj, name)
-    setattr(obj, name, value)
-    try:
-        yield
-    finally:
-        setattr(obj, name, old)
 
 
 def naive_fill(args, setup: Setup) -> list[dict]:
@@ -584,11 +573,10 @@ def naive_fill(args, setup: Setup) -> list[dict]:
         return sorted_ids, expert_ids, padded
 
     settings = {
-        "with_fill": lambda: patched(triton_moe, "_prepare_expert_assignment", with_fill),
+        "with_fill": lambda: mock.patch.object(triton_moe, "_prepare_expert_assignment", with_fill),
         "without_fill": contextlib.nullcontext,
     }
-    variants = (("off", 0), ("fused", 1))
-    return alternate(setup, variants, settings, args.tokens, args, "moe_layer_naive_fill")
+    return alternate(args, setup, settings, "moe_layer_naive_fill")
 
 
 def pdl(args, setup: Setup) -> list[dict]:
@@ -599,13 +587,12 @@ def pdl(args, setup: Setup) -> list[dict]:
 
     off = classmethod(lambda cls: False)
     settings = {
-        "pdl_off": lambda: patched(type(current_platform), "is_arch_support_pdl", off),
+        "pdl_off": lambda: mock.patch.object(type(current_platform), "is_arch_support_pdl", off),
         "pdl_on": contextlib.nullcontext,
     }
     if not current_platform.is_arch_support_pdl():
         raise SystemExit("pdl: this GPU does not support programmatic dependent launch")
-    variants = (("off", 0), ("fused", 1))
-    return alternate(setup, variants, settings, args.tokens, args, "moe_layer_pdl")
+    return alternate(args, setup, settings, "moe_layer_pdl")
 
 
 def expert_weights(layer) -> tuple[torch.Tensor, torch.Tensor]:
