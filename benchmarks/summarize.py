@@ -30,6 +30,7 @@ DAY4 = "2026-12-02"  # the one-mechanism series (sef2), realistic routing
 DAY5 = "2026-12-02"  # the seventh session: sef5 (patch 0008), throughput
 DAY6 = "2026-12-03"  # the ninth session: sef5 without prefix caching
 DAY7 = "2026-12-03"  # the tenth session: sef6 (patch 0009, PDL)
+DAY8 = "2026-12-03"  # the eleventh session: sef6 as shipped, stock / fused / off completed
 
 
 def layer_rows() -> list[dict]:
@@ -220,12 +221,14 @@ REALISTIC_SEF5 = ["e2e_realistic_sef5"]
 # eighth session's stock process (three repetitions, an earlier lease) is kept apart in
 # e2e_realistic_sef5b_stock_prev and out of the ratios.
 REALISTIC_SEF5B = ["e2e_realistic_sef5b"]
-# sef6 (sef5 + patch 0009: PDL of the Triton MoE kernels at decode sizes), prefix caching off:
-# processes fused (ITL/TTFT and both throughput workloads), stock (the same), fused (ITL/TTFT
-# only: the device time left), two repetitions each, one device call each on one lease. The
-# engines ran the routing kernel with PDL at every batch size; the shipped patch limits it to 16
-# tokens (the layer measured 0.7% slower at 256 with it).
-REALISTIC_SEF6 = ["e2e_realistic_sef6"]
+# sef6 (sef5 + patch 0009: PDL of the Triton MoE kernels at decode sizes), prefix caching off,
+# two repetitions per process, one device call per process. Tenth session, one lease: fused
+# (ITL/TTFT and both throughput workloads), stock (the same), fused (ITL/TTFT only: the device
+# time left); these engines ran the routing kernel with PDL at every batch size. Eleventh session
+# (e2e_realistic_sef6b), the patch as shipped (routing with PDL up to 16 tokens): stock, then,
+# on a fresh machine after the first was taken back, fused and the series with fusion off, each
+# with ITL/TTFT and both throughput workloads.
+REALISTIC_SEF6 = ["e2e_realistic_sef6", "e2e_realistic_sef6b"]
 
 
 def realistic_rows(
@@ -520,17 +523,19 @@ def naive_fill_rows() -> list[dict]:
 def pdl_rows() -> list[dict]:
     """Patch 0009 at layer level, in one process: each layer with programmatic dependent launch
     off (``stock``) and on (``fused``), alternating; one scenario per layer, fusion off and on. The
-    patch as shipped (``layer_pdl_sef6``: the GEMMs with PDL on the naive assignment path only,
-    the routing at every size) and the first version, PDL for every batch size (rejected: 1-5%
-    slower from 16 tokens up)."""
+    GEMMs with PDL on the naive assignment path only and the routing at every size
+    (``layer_pdl_sef6``), the patch as shipped, routing up to 16 tokens (``layer_pdl_sef6b``,
+    eleventh session), and the first version, PDL for every batch size (rejected: 1-5% slower
+    from 16 tokens up)."""
     compares = "programmatic dependent launch off / on (patch 0009)"
     return [
         row
-        for file, scenario in (
-            ("layer_pdl_sef6.json", "moe_layer_pdl"),
-            ("layer_pdl_all_sizes_rejected.json", "moe_layer_pdl_all_sizes_rejected"),
+        for file, scenario, day in (
+            ("layer_pdl_sef6.json", "moe_layer_pdl", DAY7),
+            ("layer_pdl_sef6b.json", "moe_layer_pdl_shipped", DAY8),
+            ("layer_pdl_all_sizes_rejected.json", "moe_layer_pdl_all_sizes_rejected", DAY7),
         )
-        for row in ab_rows(file, scenario, "pdl_off", "pdl_on", compares, DAY7)
+        for row in ab_rows(file, scenario, "pdl_off", "pdl_on", compares, day)
     ]
 
 
