@@ -585,13 +585,13 @@ def pdl(args, setup: Setup) -> list[dict]:
     series runs on Hopper)."""
     from vllm.platforms import current_platform
 
+    if not current_platform.is_arch_support_pdl():
+        raise SystemExit("pdl: this GPU does not support programmatic dependent launch")
     off = classmethod(lambda cls: False)
     settings = {
         "pdl_off": lambda: mock.patch.object(type(current_platform), "is_arch_support_pdl", off),
         "pdl_on": contextlib.nullcontext,
     }
-    if not current_platform.is_arch_support_pdl():
-        raise SystemExit("pdl: this GPU does not support programmatic dependent launch")
     return alternate(args, setup, settings, "moe_layer_pdl")
 
 
