@@ -12,6 +12,7 @@ shared-experts CUDA stream) and fused (VLLM_SHARED_EXPERT_FUSION_REPLICAS=R).
     python -m benchmarks.moe_layer split-k [--tokens 1 16] [--write-configs DIR] --out F.json
     python -m benchmarks.moe_layer naive-fill [--tokens 1 2 4] [--rounds 3] --out F.json
     python -m benchmarks.moe_layer pdl [--tokens 1 16 256] [--rounds 3] --out F.json
+    python -m benchmarks.moe_layer shared-stream [--tokens 16 64 256] [--rounds 3] --out F.json
 
 ``check`` compares both layers with an fp32 reference computed from the same
 (dequantized) weights and routing: the fused layer must be as close to it as
@@ -23,7 +24,10 @@ table (torch.profiler over eager calls: device time and launches per layer
 call) beside its CUDA-graph replay time. ``naive-fill`` times both layers with
 and without the fill of a padded token count that stock vLLM launches at small
 batches and patch 0008 drops, alternating in one process; ``pdl`` likewise with
-programmatic dependent launch of the Triton MoE kernels (patch 0009) off and on.
+programmatic dependent launch of the Triton MoE kernels (patch 0009) off and on,
+and ``shared-stream`` with the fused shared experts in the routed GEMMs' launches
+and in launches of their own on the auxiliary stream (patch 0010) at every
+batch size up to vLLM's stream threshold.
 """
 
 from __future__ import annotations
@@ -595,6 +599,22 @@ def pdl(args, setup: Setup) -> list[dict]:
     return alternate(args, setup, settings, "moe_layer_pdl")
 
 
+def shared_stream(args, setup: Setup) -> list[dict]:
+    """Patch 0010 in one process: the unfused and fused layers timed with the fused
+    shared experts computed in the routed GEMMs' launches (as before the patch) and in
+    launches of their own on the auxiliary stream, at every batch size up to
+    VLLM_SHARED_EXPERTS_STREAM_TOKEN_THRESHOLD (the patch: from
+    FUSED_SHARED_STREAM_MIN_TOKENS). The unfused layer has nothing to move: its ratio
+    is the noise of the alternation."""
+    from vllm.model_executor.layers.fused_moe.experts import triton_moe
+
+    def min_tokens(m: int):
+        return lambda: mock.patch.object(triton_moe, "FUSED_SHARED_STREAM_MIN_TOKENS", m)
+
+    settings = {"one_launch": min_tokens(1 << 30), "aux_stream": min_tokens(1)}
+    return alternate(args, setup, settings, "moe_layer_shared_stream")
+
+
 def expert_weights(layer) -> tuple[torch.Tensor, torch.Tensor]:
     """The layer's stacked routed-expert weights (w13, w2)."""
     params = dict(layer.named_parameters())
@@ -681,7 +701,8 @@ def split_k(args, setup: Setup) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "mode", choices=["check", "bench", "profile", "split-k", "naive-fill", "pdl"]
+        "mode",
+        choices=["check", "bench", "profile", "split-k", "naive-fill", "pdl", "shared-stream"],
     )
     parser.add_argument("--dtype", nargs="+", default=["bf16", "fp8"])
     parser.add_argument("--tp", nargs="+", type=int, default=[8, 1])
@@ -692,7 +713,9 @@ def main() -> None:
     parser.add_argument("--min-gain", type=float, default=0.02, help="split-k: to write")
     parser.add_argument("--write-configs", help="split-k: config files with SPLIT_K here")
     parser.add_argument("--iters", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=3, help="naive-fill, pdl: alternations")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="naive-fill, pdl, shared-stream: alternations"
+    )
     parser.add_argument("--out")
     parser.add_argument("--tiny", action="store_true", help="small shapes")
     parser.add_argument("--device", default="cuda")
@@ -708,6 +731,7 @@ def main() -> None:
         "split-k": split_k,
         "naive-fill": naive_fill,
         "pdl": pdl,
+        "shared-stream": shared_stream,
     }
     rows = modes[args.mode](args, setup)
     info = {

@@ -31,6 +31,7 @@ DAY5 = "2026-12-02"  # the seventh session: sef5 (patch 0008), throughput
 DAY6 = "2026-12-03"  # the ninth session: sef5 without prefix caching
 DAY7 = "2026-12-03"  # the tenth session: sef6 (patch 0009, PDL)
 DAY8 = "2026-12-03"  # the eleventh session: sef6 as shipped, stock / fused / off completed
+DAY9 = "2026-12-03"  # the twelfth session: sef7 (patch 0010, shared entries on the aux stream)
 
 
 def layer_rows() -> list[dict]:
@@ -192,6 +193,14 @@ def e2e_rows() -> list[dict]:
             date=DAY7,
             prefix_caching=False,
         )
+        + realistic_rows(
+            REALISTIC_SEF7,
+            "e2e_dsv3_tp8_rank_fp8_realistic_sef7",
+            set(),
+            throughput="throughput_sef7",
+            date=DAY9,
+            prefix_caching=False,
+        )
     )
 
 
@@ -229,6 +238,10 @@ REALISTIC_SEF5B = ["e2e_realistic_sef5b"]
 # on a fresh machine after the first was taken back, fused and the series with fusion off, each
 # with ITL/TTFT and both throughput workloads.
 REALISTIC_SEF6 = ["e2e_realistic_sef6", "e2e_realistic_sef6b"]
+# sef7 (sef6 + patch 0010: the fused shared entries on the auxiliary stream at 256 tokens),
+# prefix caching off, ITL/TTFT and both throughput workloads, two repetitions per process, one
+# device call per process, processes fused, stock, fused, stock on one lease.
+REALISTIC_SEF7 = ["e2e_realistic_sef7"]
 
 
 def realistic_rows(
@@ -313,6 +326,12 @@ CACHED_TTFT = "hits: the same prompts each repetition, prefix caching on"
 
 RATIO_LINES = [
     # scenario, dtype, TP equivalent, label
+    (
+        "e2e_dsv3_tp8_rank_fp8_realistic_sef7",
+        "fp8",
+        8,
+        "end-to-end decode ITL, FP8, TP8 rank, realistic routing, sef7 (aux stream at 256)",
+    ),
     (
         "e2e_dsv3_tp8_rank_fp8_realistic_sef6",
         "fp8",
@@ -539,6 +558,22 @@ def pdl_rows() -> list[dict]:
     ]
 
 
+def shared_stream_rows() -> list[dict]:
+    """Patch 0010 at layer level, in one process: each layer with the fused shared entries in
+    the routed GEMMs' launches (``stock``) and in launches of their own on the auxiliary stream
+    (``fused``) at every batch size up to vLLM's stream threshold (256; at 512 neither moves
+    them), alternating twice; one scenario per layer (the unfused layer has nothing to move: its
+    ratio is the alternation's noise). Two runs: 32-512 tokens, then 160-224."""
+    compares = "fused shared entries in the routed launches / on the aux stream (patch 0010)"
+    return [
+        row
+        for file in ("layer_shared_stream_sef7.json", "layer_shared_stream_sef7_refine.json")
+        for row in ab_rows(
+            file, "moe_layer_shared_stream", "one_launch", "aux_stream", compares, DAY9
+        )
+    ]
+
+
 def summary_rows() -> list[dict]:
     """Every row of summary.json, in its order."""
     return (
@@ -547,6 +582,7 @@ def summary_rows() -> list[dict]:
         + input_quant_rows()
         + naive_fill_rows()
         + pdl_rows()
+        + shared_stream_rows()
         + e2e_rows()
     )
 

@@ -65,6 +65,12 @@ def test_summary_rows_have_the_agreed_format() -> None:
         assert (f"moe_layer_pdl_all_sizes_rejected_{variant}", "fp8", 8) in scenarios
     assert ("e2e_dsv3_tp8_rank_fp8_realistic_sef6", "fp8", 8) in scenarios
     assert ("throughput_sef6", "fp8", 8) in scenarios
+    # sef7: patch 0010 (the fused shared entries on the aux stream) at layer level, both
+    # layers; end to end and throughput (fused, stock, fused, stock on one lease).
+    for variant in ("off", "fused"):
+        assert (f"moe_layer_shared_stream_{variant}", "fp8", 8) in scenarios
+    assert ("e2e_dsv3_tp8_rank_fp8_realistic_sef7", "fp8", 8) in scenarios
+    assert ("throughput_sef7", "fp8", 8) in scenarios
     for row in rows:
         if "off" in row:
             assert row["off_ratio"] == pytest.approx(row["off"] / row["stock"], abs=2e-3), row
