@@ -13,6 +13,7 @@ shared-experts CUDA stream) and fused (VLLM_SHARED_EXPERT_FUSION_REPLICAS=R).
     python -m benchmarks.moe_layer naive-fill [--tokens 1 2 4] [--rounds 3] --out F.json
     python -m benchmarks.moe_layer pdl [--tokens 1 16 256] [--rounds 3] --out F.json
     python -m benchmarks.moe_layer shared-stream [--tokens 16 64 256] [--rounds 3] --out F.json
+    python -m benchmarks.moe_layer tiles [--gemm w2] [--tokens 1 16] [--write-configs D] --out F
 
 ``check`` compares both layers with an fp32 reference computed from the same
 (dequantized) weights and routing: the fused layer must be as close to it as
@@ -27,7 +28,8 @@ batches and patch 0008 drops, alternating in one process; ``pdl`` likewise with
 programmatic dependent launch of the Triton MoE kernels (patch 0009) off and on,
 and ``shared-stream`` with the fused shared experts in the routed GEMMs' launches
 and in launches of their own on the auxiliary stream (patch 0010) at every
-batch size up to vLLM's stream threshold.
+batch size up to vLLM's stream threshold. ``tiles`` sweeps one GEMM's tile
+(``--gemm w2``: the down projection's own tile, patch 0011) in the whole layer.
 """
 
 from __future__ import annotations
@@ -698,11 +700,152 @@ def split_k(args, setup: Setup) -> list[dict]:
     return rows
 
 
+# Tile parameters a sweep varies per GEMM. The down-projection GEMM's K (the
+# per-rank intermediate size, 256 at TP8) is two 128-blocks: deeper pipelines
+# have nothing to overlap, so its grid is N tiles, warps and two depths.
+TILE_GRID = {
+    "w2": [
+        {"BLOCK_SIZE_N": bn, "num_warps": w, "num_stages": st}
+        for bn in (32, 64, 128, 256)
+        for w in (4, 8)
+        for st in (2, 3)
+    ],
+    "w13": [
+        {"BLOCK_SIZE_N": bn, "num_warps": 4, "num_stages": st, "SPLIT_K": sk}
+        for bn in (32, 64, 128)
+        for st in (3, 4, 5, 6)
+        for sk in (1, 2, 4)
+    ],
+}
+
+
+def tile_of(entry: dict, gemm: str) -> dict:
+    """The tile parameters of ``gemm`` ("w13" or "w2") as a config entry gives them."""
+    from vllm.model_executor.layers.fused_moe.fused_moe import split_moe_config
+
+    w13, w2 = split_moe_config(entry)
+    config = w2 if gemm == "w2" else w13
+    keys = TILE_GRID[gemm][0].keys()
+    return {k: config.get(k, 1) for k in keys}  # SPLIT_K absent = 1
+
+
+def with_tile(entry: dict, gemm: str, tile: dict) -> dict:
+    """The config entry with ``gemm``'s tile replaced and the other GEMM's unchanged."""
+    from vllm.model_executor.layers.fused_moe.fused_moe import W2_CONFIG_KEY
+
+    if gemm == "w2":
+        out = {k: v for k, v in entry.items() if k != W2_CONFIG_KEY}
+        w2 = {k: v for k, v in tile.items() if out.get(k) != v}
+        return dict(out, **{W2_CONFIG_KEY: w2}) if w2 else out
+    down = tile_of(entry, "w2")
+    out = {k: v for k, v in entry.items() if k not in (W2_CONFIG_KEY, "SPLIT_K")}
+    out.update({k: v for k, v in tile.items() if k != "SPLIT_K"})
+    if tile.get("SPLIT_K", 1) > 1:
+        out["SPLIT_K"] = tile["SPLIT_K"]
+    return with_tile(out, "w2", down)
+
+
+def tiles(args, setup: Setup) -> list[dict]:
+    """One GEMM's tile swept in the whole layer (CUDA-graph replays, FP8 block, TP8
+    rank, realistic routing) with the other GEMM's tile as the config file has it:
+    ``--gemm w2`` the down projection (a tile of its own: the entry's "w2" key),
+    ``--gemm w13`` the gate-up GEMM (with SPLIT_K). Per batch size the fastest
+    candidate is then timed against the file's tile, alternating ``--rounds``
+    times; with --write-configs DIR, each config file is written with the new tile
+    where it won by more than --min-gain there."""
+    from vllm.model_executor.layers.fused_moe import override_config
+    from vllm.model_executor.layers.fused_moe.fused_moe import get_moe_configs
+
+    rows = []
+    config = make_config(setup, tp=8)
+    tensors = make_weights(config, "fp8")
+    inputs = layer_inputs(config, args.tokens, args.graphs)
+    for variant, replicas in (("off", 0), ("fused", 1)):
+        if variant not in args.variants:
+            continue
+        layer = build_layer(setup, config, "fp8", replicas)
+        load_layer(layer, tensors)
+        top_k = config.num_experts_per_tok + (config.n_shared_experts if replicas else 0)
+        name, _ = layer_config(layer, top_k, 1)
+        e, _, n = expert_weights(layer)[1].shape
+        table = get_moe_configs(e, n, "fp8_w8a8", 128, 128)
+        if not table:
+            raise SystemExit(f"tiles: no tuned config file {name} to start from")
+        won: dict[int, dict] = {}
+        for m in args.tokens:
+            key = min(table, key=lambda k: abs(k - m))
+            entry = dict(table[key])
+            current = tile_of(entry, args.gemm)
+            candidates = [current] + [c for c in TILE_GRID[args.gemm] if c != current]
+
+            def timed(tile: dict, iters: int, layer=layer, entry=entry, xs=inputs[m]) -> float:
+                with override_config(with_tile(entry, args.gemm, tile)):
+                    return time_layer(setup, layer, xs, iters)
+
+            sweep = []
+            for tile in candidates:
+                try:
+                    sweep.append((timed(tile, args.sweep_iters), tile))
+                except Exception as exc:  # a tile the kernel can't run (resources)
+                    print(f"skip {tile} at M={m}: {type(exc).__name__}: {exc}", flush=True)
+            best = min(sweep, key=lambda t: t[0])[1]
+            confirm: dict[str, list[float]] = {"file": [], "best": []}
+            if best != current:
+                for _ in range(args.rounds):
+                    confirm["file"].append(timed(current, args.iters))
+                    confirm["best"].append(timed(best, args.iters))
+            else:
+                confirm["file"] = confirm["best"] = [timed(current, args.iters)]
+            ratio = statistics.median(confirm["best"]) / statistics.median(confirm["file"])
+            row = {
+                "scenario": f"moe_layer_tiles_{args.gemm}",
+                "dtype": "fp8",
+                "tp_equiv": 8,
+                "variant": variant,
+                "batch": m,
+                "metric": "moe_us",
+                "config_file": name,
+                "file_key": key,
+                "file_tile": current,
+                "best_tile": best,
+                "file": statistics.median(confirm["file"]),
+                "best": statistics.median(confirm["best"]),
+                "ratio": ratio,
+                "file_values": confirm["file"],
+                "best_values": confirm["best"],
+                "sweep": [{"us": us, **tile} for us, tile in sweep],
+            }
+            print(json.dumps({k: v for k, v in row.items() if k != "sweep"}), flush=True)
+            rows.append(row)
+            if key == m and ratio < 1 - args.min_gain:
+                won[m] = best
+        if args.write_configs:
+            from benchmarks.tune_moe import write_config_file
+
+            tuned = {str(k): dict(v) for k, v in table.items()}
+            for m, tile in won.items():
+                tuned[str(m)] = with_tile(tuned[str(m)], args.gemm, tile)
+            write_config_file(Path(args.write_configs) / name, tuned)
+            print(f"wrote {name} in {args.write_configs}: {args.gemm} {won}", flush=True)
+        del layer
+        torch.cuda.empty_cache()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "mode",
-        choices=["check", "bench", "profile", "split-k", "naive-fill", "pdl", "shared-stream"],
+        choices=[
+            "check",
+            "bench",
+            "profile",
+            "split-k",
+            "naive-fill",
+            "pdl",
+            "shared-stream",
+            "tiles",
+        ],
     )
     parser.add_argument("--dtype", nargs="+", default=["bf16", "fp8"])
     parser.add_argument("--tp", nargs="+", type=int, default=[8, 1])
@@ -710,11 +853,14 @@ def main() -> None:
     parser.add_argument("--tokens", nargs="+", type=int, default=TOKENS)
     parser.add_argument("--graphs", type=int, default=8)
     parser.add_argument("--splits", nargs="+", type=int, default=[1, 2, 3, 4, 6, 8])
-    parser.add_argument("--min-gain", type=float, default=0.02, help="split-k: to write")
-    parser.add_argument("--write-configs", help="split-k: config files with SPLIT_K here")
+    parser.add_argument("--min-gain", type=float, default=0.02, help="split-k, tiles: to write")
+    parser.add_argument("--write-configs", help="split-k, tiles: config files written here")
+    parser.add_argument("--gemm", choices=["w2", "w13"], default="w2", help="tiles: which GEMM")
+    parser.add_argument("--variants", nargs="+", default=["fused"], help="tiles: off, fused")
     parser.add_argument("--iters", type=int, default=200)
+    parser.add_argument("--sweep-iters", type=int, default=60, help="tiles: per candidate")
     parser.add_argument(
-        "--rounds", type=int, default=3, help="naive-fill, pdl, shared-stream: alternations"
+        "--rounds", type=int, default=3, help="naive-fill, pdl, shared-stream, tiles: alternations"
     )
     parser.add_argument("--out")
     parser.add_argument("--tiny", action="store_true", help="small shapes")
@@ -732,6 +878,7 @@ def main() -> None:
         "naive-fill": naive_fill,
         "pdl": pdl,
         "shared-stream": shared_stream,
+        "tiles": tiles,
     }
     rows = modes[args.mode](args, setup)
     info = {

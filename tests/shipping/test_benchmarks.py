@@ -105,6 +105,51 @@ def test_untuned_sizes_without_a_seed_get_vllms_default_tiles(shape) -> None:
         assert out[str(m)] == {k: v for k, v in default.items() if k != "SPLIT_K"}
 
 
+ENTRY = {
+    "BLOCK_SIZE_M": 16,
+    "BLOCK_SIZE_N": 64,
+    "BLOCK_SIZE_K": 128,
+    "GROUP_SIZE_M": 1,
+    "num_warps": 4,
+    "num_stages": 4,
+    "SPLIT_K": 2,
+}
+
+
+def test_tile_sweep_changes_one_gemm_only() -> None:
+    """moe_layer.py tiles: a candidate for one GEMM leaves the other GEMM's tile as the
+    entry has it, and the file gets a down-projection tile only where it differs."""
+    from vllm.model_executor.layers.fused_moe.fused_moe import split_moe_config
+
+    from benchmarks import moe_layer
+
+    assert moe_layer.tile_of(ENTRY, "w13") == {
+        "BLOCK_SIZE_N": 64,
+        "num_warps": 4,
+        "num_stages": 4,
+        "SPLIT_K": 2,
+    }
+    assert moe_layer.tile_of(ENTRY, "w2") == {"BLOCK_SIZE_N": 64, "num_warps": 4, "num_stages": 4}
+    # The entry's own tile: nothing to add.
+    assert moe_layer.with_tile(ENTRY, "w2", moe_layer.tile_of(ENTRY, "w2")) == ENTRY
+    down = {"BLOCK_SIZE_N": 256, "num_warps": 4, "num_stages": 2}
+    entry = moe_layer.with_tile(ENTRY, "w2", down)
+    assert entry == dict(ENTRY, w2={"BLOCK_SIZE_N": 256, "num_stages": 2})
+    assert split_moe_config(entry)[0] == ENTRY
+    assert moe_layer.tile_of(entry, "w2") == down
+    # A gate-up candidate keeps the down GEMM's tile, whether the entry had one or not.
+    for start in (ENTRY, entry):
+        up = {"BLOCK_SIZE_N": 128, "num_warps": 4, "num_stages": 6, "SPLIT_K": 1}
+        changed = moe_layer.with_tile(start, "w13", up)
+        assert moe_layer.tile_of(changed, "w13") == up
+        assert moe_layer.tile_of(changed, "w2") == moe_layer.tile_of(start, "w2")
+        assert "SPLIT_K" not in changed  # SPLIT_K 1 is the kernel's default
+    # Every candidate of the grids is a config vLLM accepts.
+    for gemm, grid in moe_layer.TILE_GRID.items():
+        for tile in grid:
+            split_moe_config(moe_layer.with_tile(ENTRY, gemm, tile))
+
+
 def test_routing_variants_agree_on_cpu() -> None:
     """Every variant benchmarks/routing.py times on a GPU routes as vLLM's grouped top-k + the
     shared entries' append does (the Triton kernel at 1-8 warps in Triton's interpreter), two
