@@ -32,6 +32,7 @@ DAY6 = "2026-12-03"  # the ninth session: sef5 without prefix caching
 DAY7 = "2026-12-03"  # the tenth session: sef6 (patch 0009, PDL)
 DAY8 = "2026-12-03"  # the eleventh session: sef6 as shipped, stock / fused / off completed
 DAY9 = "2026-12-03"  # the twelfth session: sef7 (patch 0010, shared entries on the aux stream)
+DAY10 = "2026-12-03"  # the thirteenth session: sef8 (patches 0011-0012, down-projection tiles)
 
 
 def layer_rows() -> list[dict]:
@@ -201,6 +202,13 @@ def e2e_rows() -> list[dict]:
             date=DAY9,
             prefix_caching=False,
         )
+        + realistic_rows(
+            REALISTIC_SEF8,
+            "e2e_dsv3_tp8_rank_fp8_realistic_sef8",
+            set(),
+            date=DAY10,
+            prefix_caching=False,
+        )
     )
 
 
@@ -242,6 +250,11 @@ REALISTIC_SEF6 = ["e2e_realistic_sef6", "e2e_realistic_sef6b"]
 # prefix caching off, ITL/TTFT and both throughput workloads, two repetitions per process, one
 # device call per process, processes fused, stock, fused, stock on one lease.
 REALISTIC_SEF7 = ["e2e_realistic_sef7"]
+# sef8 (sef7 + patches 0011-0012: the down-projection GEMM's own tile in the Triton configs), ITL
+# and TTFT only (device time), two repetitions per process, one device call per process,
+# processes fused, stock, fused, stock on one lease. The fused engines read the E=257 file the
+# tile sweep of the same lease wrote (VLLM_TUNED_CONFIG_FOLDER): the file patch 0011 ships.
+REALISTIC_SEF8 = ["e2e_realistic_sef8"]
 
 
 def realistic_rows(
@@ -326,6 +339,12 @@ CACHED_TTFT = "hits: the same prompts each repetition, prefix caching on"
 
 RATIO_LINES = [
     # scenario, dtype, TP equivalent, label
+    (
+        "e2e_dsv3_tp8_rank_fp8_realistic_sef8",
+        "fp8",
+        8,
+        "end-to-end decode ITL, FP8, TP8 rank, realistic routing, sef8 (down tiles)",
+    ),
     (
         "e2e_dsv3_tp8_rank_fp8_realistic_sef7",
         "fp8",
@@ -574,6 +593,24 @@ def shared_stream_rows() -> list[dict]:
     ]
 
 
+def tile_rows() -> list[dict]:
+    """Patches 0011-0012 at layer level (``benchmarks/moe_layer.py tiles``), in one process: the
+    layer with the config file's tile (``stock``) and the sweep's fastest (``fused``) for one GEMM,
+    alternating three times; one scenario per GEMM and layer (fused E=257, unfused E=256). Where the
+    file's tile was the fastest, one timing of it stands on both sides."""
+    return [
+        row
+        for file, scenario, gemm in (
+            ("layer_tiles_w2_sef8.json", "moe_layer_tiles_w2", "down-projection"),
+            ("layer_tiles_w2_off_sef8.json", "moe_layer_tiles_w2", "down-projection"),
+            ("layer_tiles_w13_sef8.json", "moe_layer_tiles_w13", "gate-up (down tiles in place)"),
+        )
+        for row in ab_rows(
+            file, scenario, "file", "best", f"{gemm} tile: the file's / the sweep's best", DAY10
+        )
+    ]
+
+
 def summary_rows() -> list[dict]:
     """Every row of summary.json, in its order."""
     return (
@@ -583,6 +620,7 @@ def summary_rows() -> list[dict]:
         + naive_fill_rows()
         + pdl_rows()
         + shared_stream_rows()
+        + tile_rows()
         + e2e_rows()
     )
 

@@ -71,6 +71,12 @@ def test_summary_rows_have_the_agreed_format() -> None:
         assert (f"moe_layer_shared_stream_{variant}", "fp8", 8) in scenarios
     assert ("e2e_dsv3_tp8_rank_fp8_realistic_sef7", "fp8", 8) in scenarios
     assert ("throughput_sef7", "fp8", 8) in scenarios
+    # sef8: patches 0011-0012 (down-projection tiles) at layer level, both layers, and the
+    # gate-up re-tune of the fused layer; end to end (ITL and TTFT).
+    for variant in ("off", "fused"):
+        assert (f"moe_layer_tiles_w2_{variant}", "fp8", 8) in scenarios
+    assert ("moe_layer_tiles_w13_fused", "fp8", 8) in scenarios
+    assert ("e2e_dsv3_tp8_rank_fp8_realistic_sef8", "fp8", 8) in scenarios
     for row in rows:
         if "off" in row:
             assert row["off_ratio"] == pytest.approx(row["off"] / row["stock"], abs=2e-3), row
