@@ -29,13 +29,15 @@ programmatic dependent launch of the Triton MoE kernels (patch 0009) off and on,
 and ``shared-stream`` with the fused shared experts in the routed GEMMs' launches
 and in launches of their own on the auxiliary stream (patch 0010) at every
 batch size up to vLLM's stream threshold. ``tiles`` sweeps one GEMM's tile
-(``--gemm w2``: the down projection's own tile, patch 0011) in the whole layer.
+(``--gemm w2``: the down projection's own tile from a `_down.json` file, patch 0011) in
+the whole layer.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
@@ -719,41 +721,69 @@ TILE_GRID = {
 }
 
 
-def tile_of(entry: dict, gemm: str) -> dict:
-    """The tile parameters of ``gemm`` ("w13" or "w2") as a config entry gives them."""
-    from vllm.model_executor.layers.fused_moe.fused_moe import split_moe_config
-
-    w13, w2 = split_moe_config(entry)
-    config = w2 if gemm == "w2" else w13
-    keys = TILE_GRID[gemm][0].keys()
-    return {k: config.get(k, 1) for k in keys}  # SPLIT_K absent = 1
+def tile_of(entry: dict, down: dict, gemm: str) -> dict:
+    """The tile parameters of ``gemm`` ("w13" or "w2") as a tuned file's entry and its
+    `_down.json` entry give them (the down GEMM: the down entry's over the entry's)."""
+    config = dict(entry, **down) if gemm == "w2" else entry
+    return {k: config.get(k, 1) for k in TILE_GRID[gemm][0]}  # SPLIT_K absent = 1
 
 
-def with_tile(entry: dict, gemm: str, tile: dict) -> dict:
-    """The config entry with ``gemm``'s tile replaced and the other GEMM's unchanged."""
-    from vllm.model_executor.layers.fused_moe.fused_moe import W2_CONFIG_KEY
-
+def with_tile(entry: dict, down: dict, gemm: str, tile: dict) -> tuple[dict, dict]:
+    """The (entry, down entry) pair with ``gemm``'s tile replaced and the other GEMM's
+    tile unchanged; a down entry only where the down tile differs from the entry's."""
     if gemm == "w2":
-        out = {k: v for k, v in entry.items() if k != W2_CONFIG_KEY}
-        w2 = {k: v for k, v in tile.items() if out.get(k) != v}
-        return dict(out, **{W2_CONFIG_KEY: w2}) if w2 else out
-    down = tile_of(entry, "w2")
-    out = {k: v for k, v in entry.items() if k not in (W2_CONFIG_KEY, "SPLIT_K")}
-    out.update({k: v for k, v in tile.items() if k != "SPLIT_K"})
+        down = {k: v for k, v in tile.items() if entry.get(k) != v}
+        return entry, (tile if down else {})
+    kept = tile_of(entry, down, "w2")
+    new = {k: v for k, v in entry.items() if k != "SPLIT_K"}
+    new.update((k, v) for k, v in tile.items() if k != "SPLIT_K")
     if tile.get("SPLIT_K", 1) > 1:
-        out["SPLIT_K"] = tile["SPLIT_K"]
-    return with_tile(out, "w2", down)
+        new["SPLIT_K"] = tile["SPLIT_K"]
+    return with_tile(new, {}, "w2", kept)
+
+
+def write_tuned(folder: Path, name: str, table: dict, down: dict) -> None:
+    """A tuned config file and its `_down.json` (vLLM's naming) in ``folder``."""
+    from benchmarks.tune_moe import write_config_file
+
+    write_config_file(folder / name, {str(k): v for k, v in table.items()})
+    write_config_file(
+        folder / name.replace(".json", "_down.json"), {str(k): v for k, v in down.items()}
+    )
+
+
+@contextlib.contextmanager
+def tuned_folder(name: str, table: dict, down: dict):
+    """vLLM reading ``table`` and ``down`` as the tuned files ``name`` (a temporary
+    VLLM_TUNED_CONFIG_FOLDER)."""
+    from vllm.model_executor.layers.fused_moe.fused_moe import get_moe_configs
+
+    with tempfile.TemporaryDirectory() as folder:
+        write_tuned(Path(folder), name, table, down)
+        with mock.patch.dict(os.environ, {"VLLM_TUNED_CONFIG_FOLDER": folder}):
+            get_moe_configs.cache_clear()
+            try:
+                yield
+            finally:
+                get_moe_configs.cache_clear()
+
+
+def time_with_tile(setup, layer, xs, name, table, down, key, gemm, tile, iters) -> float:
+    """The layer's time with ``gemm``'s tile at the tuned files' entry ``key`` replaced."""
+    entry, down_entry = with_tile(table[key], down[key], gemm, tile)
+    with tuned_folder(name, {**table, key: entry}, {**down, key: down_entry}):
+        return time_layer(setup, layer, xs, iters)
 
 
 def tiles(args, setup: Setup) -> list[dict]:
     """One GEMM's tile swept in the whole layer (CUDA-graph replays, FP8 block, TP8
-    rank, realistic routing) with the other GEMM's tile as the config file has it:
-    ``--gemm w2`` the down projection (a tile of its own: the entry's "w2" key),
-    ``--gemm w13`` the gate-up GEMM (with SPLIT_K). Per batch size the fastest
-    candidate is then timed against the file's tile, alternating ``--rounds``
-    times; with --write-configs DIR, each config file is written with the new tile
-    where it won by more than --min-gain there."""
-    from vllm.model_executor.layers.fused_moe import override_config
+    rank, realistic routing) with the other GEMM's tile as the tuned files have it:
+    ``--gemm w2`` the down projection (its own tile from the `_down.json` file, patch
+    0011), ``--gemm w13`` the gate-up GEMM (with SPLIT_K). Per batch size the fastest
+    candidate is then timed against the files' tile, alternating ``--rounds`` times;
+    with --write-configs DIR, both files are written with the new tile where it won
+    by more than --min-gain there. The files are read as vLLM reads them (so a
+    VLLM_TUNED_CONFIG_FOLDER of an earlier sweep is the starting point)."""
     from vllm.model_executor.layers.fused_moe.fused_moe import get_moe_configs
 
     rows = []
@@ -768,20 +798,20 @@ def tiles(args, setup: Setup) -> list[dict]:
         top_k = config.num_experts_per_tok + (config.n_shared_experts if replicas else 0)
         name, _ = layer_config(layer, top_k, 1)
         e, _, n = expert_weights(layer)[1].shape
-        table = get_moe_configs(e, n, "fp8_w8a8", 128, 128)
+        table = dict(get_moe_configs(e, n, "fp8_w8a8", 128, 128) or {})
         if not table:
             raise SystemExit(f"tiles: no tuned config file {name} to start from")
-        won: dict[int, dict] = {}
+        down = dict(get_moe_configs(e, n, "fp8_w8a8", 128, 128, down_moe=True) or {})
+        down = {k: down.get(k, {}) for k in table}
+        won: dict[int, tuple[dict, dict]] = {}
         for m in args.tokens:
             key = min(table, key=lambda k: abs(k - m))
-            entry = dict(table[key])
-            current = tile_of(entry, args.gemm)
+            current = tile_of(table[key], down[key], args.gemm)
             candidates = [current] + [c for c in TILE_GRID[args.gemm] if c != current]
 
-            def timed(tile: dict, iters: int, layer=layer, entry=entry, xs=inputs[m]) -> float:
-                with override_config(with_tile(entry, args.gemm, tile)):
-                    return time_layer(setup, layer, xs, iters)
-
+            timed = functools.partial(
+                time_with_tile, setup, layer, inputs[m], name, table, down, key, args.gemm
+            )
             sweep = []
             for tile in candidates:
                 try:
@@ -818,15 +848,12 @@ def tiles(args, setup: Setup) -> list[dict]:
             print(json.dumps({k: v for k, v in row.items() if k != "sweep"}), flush=True)
             rows.append(row)
             if key == m and ratio < 1 - args.min_gain:
-                won[m] = best
+                won[m] = with_tile(table[key], down[key], args.gemm, best)
         if args.write_configs:
-            from benchmarks.tune_moe import write_config_file
-
-            tuned = {str(k): dict(v) for k, v in table.items()}
-            for m, tile in won.items():
-                tuned[str(m)] = with_tile(tuned[str(m)], args.gemm, tile)
-            write_config_file(Path(args.write_configs) / name, tuned)
-            print(f"wrote {name} in {args.write_configs}: {args.gemm} {won}", flush=True)
+            for m, (entry, down_entry) in won.items():
+                table[m], down[m] = entry, down_entry
+            write_tuned(Path(args.write_configs), name, table, down)
+            print(f"wrote {name} (+ _down) in {args.write_configs}: {args.gemm} {won}", flush=True)
         del layer
         torch.cuda.empty_cache()
     return rows

@@ -124,36 +124,37 @@ ENTRY = {
 
 def test_tile_sweep_changes_one_gemm_only() -> None:
     """moe_layer.py tiles: a candidate for one GEMM leaves the other GEMM's tile as the
-    entry has it, and the file gets a down-projection tile only where it differs."""
-    from vllm.model_executor.layers.fused_moe.fused_moe import split_moe_config
+    tuned files have it, and the `_down.json` entry is set only where the down tile differs
+    from the entry's."""
+    from vllm.model_executor.layers.fused_moe.fused_moe import _check_down_config
 
     from benchmarks import moe_layer
 
-    assert moe_layer.tile_of(ENTRY, "w13") == {
+    up = {"BLOCK_SIZE_N": 64, "num_warps": 4, "num_stages": 4, "SPLIT_K": 2}
+    assert moe_layer.tile_of(ENTRY, {}, "w13") == up
+    assert moe_layer.tile_of(ENTRY, {}, "w2") == {
         "BLOCK_SIZE_N": 64,
         "num_warps": 4,
         "num_stages": 4,
-        "SPLIT_K": 2,
     }
-    assert moe_layer.tile_of(ENTRY, "w2") == {"BLOCK_SIZE_N": 64, "num_warps": 4, "num_stages": 4}
-    # The entry's own tile: nothing to add.
-    assert moe_layer.with_tile(ENTRY, "w2", moe_layer.tile_of(ENTRY, "w2")) == ENTRY
-    down = {"BLOCK_SIZE_N": 256, "num_warps": 4, "num_stages": 2}
-    entry = moe_layer.with_tile(ENTRY, "w2", down)
-    assert entry == dict(ENTRY, w2={"BLOCK_SIZE_N": 256, "num_stages": 2})
-    assert split_moe_config(entry)[0] == ENTRY
-    assert moe_layer.tile_of(entry, "w2") == down
-    # A gate-up candidate keeps the down GEMM's tile, whether the entry had one or not.
-    for start in (ENTRY, entry):
-        up = {"BLOCK_SIZE_N": 128, "num_warps": 4, "num_stages": 6, "SPLIT_K": 1}
-        changed = moe_layer.with_tile(start, "w13", up)
-        assert moe_layer.tile_of(changed, "w13") == up
-        assert moe_layer.tile_of(changed, "w2") == moe_layer.tile_of(start, "w2")
-        assert "SPLIT_K" not in changed  # SPLIT_K 1 is the kernel's default
-    # Every candidate of the grids is a config vLLM accepts.
+    # The entry's own tile: no down entry.
+    assert moe_layer.with_tile(ENTRY, {}, "w2", moe_layer.tile_of(ENTRY, {}, "w2")) == (ENTRY, {})
+    tile = {"BLOCK_SIZE_N": 256, "num_warps": 4, "num_stages": 2}
+    entry, down = moe_layer.with_tile(ENTRY, {}, "w2", tile)
+    assert (entry, down) == (ENTRY, tile)
+    assert moe_layer.tile_of(entry, down, "w2") == tile
+    assert moe_layer.tile_of(entry, down, "w13") == up
+    # A gate-up candidate keeps the down GEMM's tile, whether it had one of its own or not.
+    for start in ((ENTRY, {}), (entry, down)):
+        new_up = {"BLOCK_SIZE_N": 128, "num_warps": 4, "num_stages": 6, "SPLIT_K": 1}
+        changed = moe_layer.with_tile(*start, "w13", new_up)
+        assert moe_layer.tile_of(*changed, "w13") == new_up
+        assert moe_layer.tile_of(*changed, "w2") == moe_layer.tile_of(*start, "w2")
+        assert "SPLIT_K" not in changed[0]  # SPLIT_K 1 is the kernel's default
+    # Every candidate of the grids is a down entry vLLM accepts.
     for gemm, grid in moe_layer.TILE_GRID.items():
         for tile in grid:
-            split_moe_config(moe_layer.with_tile(ENTRY, gemm, tile))
+            _check_down_config(moe_layer.with_tile(ENTRY, {}, gemm, tile)[1], "sweep")
 
 
 def test_routing_variants_agree_on_cpu() -> None:
