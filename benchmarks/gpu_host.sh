@@ -23,8 +23,6 @@
 #   benchmarks/gpu_host.sh shared-stream [ARGS]  the layer with the fused shared experts in one launch /
 #                                          on the auxiliary stream
 #   benchmarks/gpu_host.sh tiles [ARGS]    one GEMM's tile swept in the layer (moe_layer.py tiles)
-#   benchmarks/gpu_host.sh input-quant [ARGS]  the layer with the MoE input quantized before /
-#                                          in the gate-up GEMM (moe_layer.py input-quant)
 #   benchmarks/gpu_host.sh tune [ARGS]     Triton tile tuning (benchmarks/tune_moe.py)
 #   benchmarks/gpu_host.sh probe [ARGS]    distinct experts per step (benchmarks/e2e.py --probe)
 #   benchmarks/gpu_host.sh e2e [ARGS]      ITL/TTFT/throughput, stock/off/fused (benchmarks/e2e.py)
@@ -95,8 +93,6 @@ print('ll_bf16 router GEMM available:', a())"
   shared-stream)
     python3 -m benchmarks.moe_layer shared-stream --out "$OUT/layer_shared_stream.json" "$@" ;;
   tiles) python3 -m benchmarks.moe_layer tiles --out "$OUT/layer_tiles.json" "$@" ;;
-  input-quant)
-    python3 -m benchmarks.moe_layer input-quant --out "$OUT/layer_input_quant.json" "$@" ;;
   tune) python3 -m benchmarks.tune_moe --out-dir "$OUT" "$@" ;;
   probe) python3 -m benchmarks.e2e --probe --variants stock,site=/root/stock-site --out "$OUT/probe.jsonl" "$@" ;;
   e2e) python3 -m benchmarks.e2e --out "$OUT/e2e.jsonl" "$@" ;;

@@ -14,7 +14,6 @@ shared-experts CUDA stream) and fused (VLLM_SHARED_EXPERT_FUSION_REPLICAS=R).
     python -m benchmarks.moe_layer pdl [--tokens 1 16 256] [--rounds 3] --out F.json
     python -m benchmarks.moe_layer shared-stream [--tokens 16 64 256] [--rounds 3] --out F.json
     python -m benchmarks.moe_layer tiles [--gemm w2] [--tokens 1 16] [--write-configs D] --out F
-    python -m benchmarks.moe_layer input-quant [--tokens 1 16 256] [--rounds 3] --out F.json
 
 ``check`` compares both layers with an fp32 reference computed from the same
 (dequantized) weights and routing: the fused layer must be as close to it as
@@ -31,8 +30,7 @@ and ``shared-stream`` with the fused shared experts in the routed GEMMs' launche
 and in launches of their own on the auxiliary stream (patch 0010) at every
 batch size up to vLLM's stream threshold. ``tiles`` sweeps one GEMM's tile
 (``--gemm w2``: the down projection's own tile from a `_down.json` file, patch 0011) in
-the whole layer. ``input-quant`` times both layers with the MoE input quantized in a launch
-before the gate-up GEMM and in that GEMM (patch 0013), alternating in one process.
+the whole layer.
 """
 
 from __future__ import annotations
@@ -621,20 +619,6 @@ def shared_stream(args, setup: Setup) -> list[dict]:
     return alternate(args, setup, settings, "moe_layer_shared_stream")
 
 
-def input_quant(args, setup: Setup) -> list[dict]:
-    """Patch 0013 in one process: the unfused and fused layers timed with the MoE input
-    quantized in a launch of its own before the gate-up GEMM (as before the patch: apply()
-    quantizes it with the kernel the prepare step used) and in the gate-up GEMM (as the
-    series runs up to INPUT_QUANT_IN_GEMM_MAX_TOKENS tokens)."""
-    from vllm.model_executor.layers.fused_moe.experts import triton_moe
-
-    def max_tokens(m: int):
-        return lambda: mock.patch.object(triton_moe, "INPUT_QUANT_IN_GEMM_MAX_TOKENS", m)
-
-    settings = {"before_gemm": max_tokens(0), "in_gemm": max_tokens(1 << 30)}
-    return alternate(args, setup, settings, "moe_layer_input_quant")
-
-
 def expert_weights(layer) -> tuple[torch.Tensor, torch.Tensor]:
     """The layer's stacked routed-expert weights (w13, w2)."""
     params = dict(layer.named_parameters())
@@ -888,7 +872,6 @@ def main() -> None:
             "pdl",
             "shared-stream",
             "tiles",
-            "input-quant",
         ],
     )
     parser.add_argument("--dtype", nargs="+", default=["bf16", "fp8"])
@@ -904,10 +887,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=200)
     parser.add_argument("--sweep-iters", type=int, default=60, help="tiles: per candidate")
     parser.add_argument(
-        "--rounds",
-        type=int,
-        default=3,
-        help="naive-fill, pdl, shared-stream, tiles, input-quant: alternations",
+        "--rounds", type=int, default=3, help="naive-fill, pdl, shared-stream, tiles: alternations"
     )
     parser.add_argument("--out")
     parser.add_argument("--tiny", action="store_true", help="small shapes")
@@ -926,7 +906,6 @@ def main() -> None:
         "pdl": pdl,
         "shared-stream": shared_stream,
         "tiles": tiles,
-        "input-quant": input_quant,
     }
     rows = modes[args.mode](args, setup)
     info = {

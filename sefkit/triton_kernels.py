@@ -7,8 +7,7 @@ it does in vLLM.
 - ``fused_routing``: patch 0003's grouped top-k + fused shared experts' entries, its launch's
   ``num_warps`` overridable (tests/fusion/test_triton_kernels.py, benchmarks/routing.py).
 - ``split_k``: fused_moe_kernel and the split-K activation kernel of patch 0006
-  (tests/fusion/test_triton_kernels.py); fused_moe_kernel's in-kernel FP8 quantization of its
-  input (patch 0013) is compiled with it.
+  (tests/fusion/test_triton_kernels.py).
 """
 
 from __future__ import annotations
@@ -112,7 +111,6 @@ def split_k() -> dict:
         FUSED_MOE,
         (
             "write_zeros_to_output",
-            "_quantize_fp8_groups",
             "fused_moe_kernel",
             "_split_k_silu_and_mul_per_block_quant_kernel",
         ),

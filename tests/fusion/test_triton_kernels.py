@@ -15,10 +15,7 @@ add up to the unsplit product, with ragged and empty last ranges, and the
 activation kernel's per-group scales must be those of the summed partials. Patch
 0008 lets the naive (one token per block) assignment pass no padded token count:
 the kernel must not read it there, and must still stop at it in the aligned
-layout. Patch 0013 lets ``fused_moe_kernel`` quantize its 16-bit input itself
-(QUANT_A: per token and K block, as per_token_group_fp8_quant does): its
-product must be that of the input quantized beforehand, per row and group
-scale, with a group of zeros, for both accumulator layouts (SWAP_AB). (The
+layout. (The
 interpreter's own FP8 and bf16 casts are not the GPU's, so the quantized values
 and the bf16 rounding are checked by vLLM's in-tree CUDA test,
 tests/kernels/moe/test_moe_split_k.py, on a GPU.)
@@ -215,80 +212,3 @@ SPLIT_K_SCRIPT = textwrap.dedent(
 
 def test_split_k_gemm_partials_and_activation_scales() -> None:
     interpret(SPLIT_K_SCRIPT, 11)
-
-
-QUANT_A_SCRIPT = textwrap.dedent(
-    """
-    import torch
-    import triton
-    import triton.language as tl
-
-    from sefkit.triton_kernels import split_k
-
-    gemm = split_k()["fused_moe_kernel"]
-    torch.manual_seed(0)
-    m, k, e, n, top_k = 3, 384, 4, 64, 2
-    # The input exactly representable: per (row, group of 128) a power-of-two scale times FP8
-    # values whose largest magnitude is 448, so x / (amax / 448) is an FP8 value however the
-    # interpreter rounds; the scales differ per row and group.
-    q = torch.randn(m, k).clamp(-400, 400).to(torch.float8_e4m3fn).view(m, -1, 128)
-    q[:, :, 0] = 448.0
-    s = 2.0 ** torch.randint(-12, 4, (m, k // 128)).float()
-    a = (q.float() * s[..., None]).view(m, k)
-    a[1, 128:256] = 0  # a group of zeros: scale eps / 448
-    q[1, 1], s[1, 1] = 0, 1e-10 / 448.0
-    b = torch.randn(e, n, k).to(torch.float8_e4m3fn)
-    b_scale = torch.rand(e, 1, k // 128) + 0.5
-    ids = torch.randint(0, e, (m, top_k), dtype=torch.int32)
-
-
-    def gemm_out(a, a_scale, quant_a, swap_ab):
-        bm, bn, bk = 16, 32, 128
-        num_tokens = m * top_k
-        em = num_tokens * bm
-        c = torch.full((m, top_k, n), float("nan"))
-        descriptors = {name: None for name in gemm.arg_names if name.endswith("_desc")}
-        gemm[(triton.cdiv(em, bm) * triton.cdiv(n, bn), 1)](
-            a_ptr=a, b_ptr=b, c_ptr=c, b_bias_ptr=None, a_scale_ptr=a_scale,
-            b_scale_ptr=b_scale, topk_weights_ptr=None, sorted_token_ids_ptr=None,
-            expert_ids_ptr=ids.flatten(), num_tokens_post_padded_ptr=None, N=n, K=k, EM=em,
-            num_valid_tokens=num_tokens, stride_am=a.stride(0), stride_ak=a.stride(1),
-            stride_be=b.stride(0), stride_bk=b.stride(2), stride_bn=b.stride(1),
-            stride_cm=c.stride(1), stride_cn=c.stride(2), stride_ck=0,
-            stride_asm=0 if a_scale is None else a_scale.stride(0),
-            stride_ask=0 if a_scale is None else a_scale.stride(1),
-            stride_bse=b_scale.stride(0), stride_bsk=b_scale.stride(2),
-            stride_bsn=b_scale.stride(1), stride_bbe=0, stride_bbn=0, group_n=128,
-            group_k=128, **descriptors, naive_block_assignment=True, BLOCK_SIZE_M=bm,
-            BLOCK_SIZE_N=bn, BLOCK_SIZE_K=bk, GROUP_SIZE_M=1, SPLIT_K=1,
-            MUL_ROUTED_WEIGHT=False, top_k=top_k, compute_type=tl.float32,
-            use_fp8_w8a8=True, use_int8_w8a8=False, use_int8_w8a16=False,
-            per_channel_quant=False, HAS_BIAS=False, SWAP_AB=swap_ab, QUANT_A=quant_a,
-            fp8_min=-448.0, fp8_max=448.0, eps=1e-10,
-        )
-        assert not c.isnan().any()
-        return c
-
-
-    checked = 0
-    for swap_ab in (False, True):
-        before = gemm_out(q.view(m, k), s, False, swap_ab)
-        inside = gemm_out(a, None, True, swap_ab)
-        assert torch.equal(before, inside), (swap_ab, (before - inside).abs().max())
-        checked += 1
-    # A scale per token and group, not one per tile: the same input with one row scaled by
-    # 2 ** -3 gives that row's products scaled by 2 ** -3 and the others unchanged.
-    inside = gemm_out(a, None, True, False)
-    a2 = a.clone()
-    a2[2] *= 2.0**-3
-    inside2 = gemm_out(a2, None, True, False)
-    torch.testing.assert_close(inside2[:2], inside[:2], rtol=0, atol=0)
-    torch.testing.assert_close(inside2[2], inside[2] * 2.0**-3, rtol=0, atol=0)
-    checked += 1
-    print("checked", checked)
-    """
-)
-
-
-def test_gemm_quantizes_its_input_as_per_token_group_quant() -> None:
-    interpret(QUANT_A_SCRIPT, 3)
