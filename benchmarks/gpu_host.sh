@@ -44,7 +44,8 @@ case "$step" in
     tmp=$(mktemp -d)
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
       --platform manylinux_2_28_x86_64 -d "$tmp" nvidia-cutlass-dsl==4.8.0 \
-      nvidia-cutlass-dsl-libs-base==4.8.0 nvidia-cutlass-dsl-libs-cu13==4.8.0 \
+      nvidia-cutlass-dsl-libs-base==4.8.0 nvidia-cutlass-dsl-libs-core==4.8.0 \
+      nvidia-cutlass-dsl-libs-cu13==4.8.0 \
       quack-kernels==0.6.5 torch-c-dlpack-ext==0.1.5
     mkdir -p "$1" && rm -f "$1"/extras.part*
     tar cf - -C "$tmp" . | split -b 48M -d - "$1/extras.part"
@@ -61,6 +62,9 @@ case "$step" in
       cat /root/stage/extras.part* | tar xf - -C /root/stage/extras
       python3 -m pip install -q --no-index --no-deps --no-compile --target /root/site \
         /root/stage/extras/*.whl
+      # The DSL's packages live in nvidia_cutlass_dsl/dsl_packages, put on sys.path by a .pth
+      # file, which Python reads in site directories only, not in a PYTHONPATH entry: link them.
+      for p in /root/site/nvidia_cutlass_dsl/dsl_packages/*; do ln -sfn "$p" /root/site/; done
     fi
     export PYTHONPATH=/root/site
     mapfile -t series < <(sed 's|^|patches/|' patches/series)

@@ -33,6 +33,7 @@ DAY7 = "2026-12-03"  # the tenth session: sef6 (patch 0009, PDL)
 DAY8 = "2026-12-03"  # the eleventh session: sef6 as shipped, stock / fused / off completed
 DAY9 = "2026-12-03"  # the twelfth session: sef7 (patch 0010, shared entries on the aux stream)
 DAY10 = "2026-12-03"  # the thirteenth session: sef8 (patches 0011-0012, down-projection tiles)
+DAY11 = "2026-12-03"  # the fourteenth session: sef8 throughput, in-GEMM input quantization re-tried
 
 
 def layer_rows() -> list[dict]:
@@ -206,6 +207,7 @@ def e2e_rows() -> list[dict]:
             REALISTIC_SEF8,
             "e2e_dsv3_tp8_rank_fp8_realistic_sef8",
             set(),
+            throughput="throughput_sef8",
             date=DAY10,
             prefix_caching=False,
         )
@@ -254,7 +256,9 @@ REALISTIC_SEF7 = ["e2e_realistic_sef7"]
 # and TTFT only (device time), two repetitions per process, one device call per process,
 # processes fused, stock, fused, stock on one lease. The fused engines read the E=257 file the
 # tile sweep of the same lease wrote (VLLM_TUNED_CONFIG_FOLDER): the file patch 0011 ships.
-REALISTIC_SEF8 = ["e2e_realistic_sef8"]
+# Then (fourteenth session, sef8 as shipped) both throughput workloads, two repetitions per
+# process, one pair of processes (stock, fused): the device time did not stretch to A B A B.
+REALISTIC_SEF8 = ["e2e_realistic_sef8", "e2e_realistic_sef8_throughput"]
 
 
 def realistic_rows(
@@ -518,6 +522,23 @@ def input_quant_rows() -> list[dict]:
     return rows
 
 
+def input_quant_sef8_rows() -> list[dict]:
+    """The same variant re-tried on sef8 (commit 7e52c79, reverted in 6f7019a: patch 0013, the
+    quantization in the gate-up GEMM up to 256 tokens, fused shared experts' aux-stream launches
+    included), in one process (``benchmarks/moe_layer.py input-quant`` in that commit): each layer
+    with the input quantized in a launch before the GEMM (``stock``) and in the GEMM (``fused``),
+    alternating three times. Rejected again: 1.36-3.19x slower."""
+    compares = "MoE input quantized before the gate-up GEMM / in it (rejected, patch 0013 tried)"
+    return ab_rows(
+        "layer_input_quant_rejected_sef8.json",
+        "moe_layer_input_quant_rejected_sef8",
+        "before_gemm",
+        "in_gemm",
+        compares,
+        DAY11,
+    )
+
+
 def ab_rows(file: str, scenario: str, before: str, after: str, compares: str, date: str):
     """Rows of a ``benchmarks/moe_layer.py`` A/B in one process (``alternate``): ``stock`` is the
     setting ``before``, ``fused`` the setting ``after``; one scenario per layer variant."""
@@ -617,6 +638,7 @@ def summary_rows() -> list[dict]:
         layer_rows()
         + split_k_rows()
         + input_quant_rows()
+        + input_quant_sef8_rows()
         + naive_fill_rows()
         + pdl_rows()
         + shared_stream_rows()
