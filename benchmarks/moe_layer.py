@@ -14,6 +14,7 @@ shared-experts CUDA stream) and fused (VLLM_SHARED_EXPERT_FUSION_REPLICAS=R).
     python -m benchmarks.moe_layer pdl [--tokens 1 16 256] [--rounds 3] --out F.json
     python -m benchmarks.moe_layer shared-stream [--tokens 16 64 256] [--rounds 3] --out F.json
     python -m benchmarks.moe_layer tiles [--gemm w2] [--tokens 1 16] [--write-configs D] --out F
+    python -m benchmarks.moe_layer assignment [--tokens 1 2 4 7] [--rounds 3] --out F.json
 
 ``check`` compares both layers with an fp32 reference computed from the same
 (dequantized) weights and routing: the fused layer must be as close to it as
@@ -30,7 +31,9 @@ and ``shared-stream`` with the fused shared experts in the routed GEMMs' launche
 and in launches of their own on the auxiliary stream (patch 0010) at every
 batch size up to vLLM's stream threshold. ``tiles`` sweeps one GEMM's tile
 (``--gemm w2``: the down projection's own tile from a `_down.json` file, patch 0011) in
-the whole layer.
+the whole layer. ``assignment`` times both layers with the naive block assignment that vLLM
+takes at few tokens and with the aligned one (moe_align_block_size) at the same sizes,
+alternating in one process.
 """
 
 from __future__ import annotations
@@ -619,6 +622,32 @@ def shared_stream(args, setup: Setup) -> list[dict]:
     return alternate(args, setup, settings, "moe_layer_shared_stream")
 
 
+def assignment(args, setup: Setup) -> list[dict]:
+    """The unfused and fused layers timed with the naive block assignment (one M block per token
+    and top-k slot, no alignment launch: vLLM's choice while num_tokens * top_k * 4 <= experts,
+    up to 8 tokens unfused and 7 fused at DeepSeek-V3's shapes) and with moe_align_block_size's
+    aligned one (one block run per expert: each expert's weights read once, one launch more, and
+    no programmatic dependent launch, which the series uses on the naive path only), alternating
+    in one process. Above those sizes both settings take the aligned path."""
+    from vllm.model_executor.layers.fused_moe.experts import triton_moe
+    from vllm.model_executor.layers.fused_moe.moe_align_block_size import moe_align_block_size
+
+    def aligned(topk_ids, config, num_tokens, top_k, num_experts, expert_map, **kwargs):
+        return moe_align_block_size(
+            topk_ids,
+            config["BLOCK_SIZE_M"],
+            num_experts,
+            expert_map,
+            ignore_invalid_experts=kwargs.get("ignore_invalid_experts", False),
+        )
+
+    settings = {
+        "naive": contextlib.nullcontext,
+        "aligned": lambda: mock.patch.object(triton_moe, "_prepare_expert_assignment", aligned),
+    }
+    return alternate(args, setup, settings, "moe_layer_assignment")
+
+
 def expert_weights(layer) -> tuple[torch.Tensor, torch.Tensor]:
     """The layer's stacked routed-expert weights (w13, w2)."""
     params = dict(layer.named_parameters())
@@ -872,6 +901,7 @@ def main() -> None:
             "pdl",
             "shared-stream",
             "tiles",
+            "assignment",
         ],
     )
     parser.add_argument("--dtype", nargs="+", default=["bf16", "fp8"])
@@ -887,7 +917,10 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=200)
     parser.add_argument("--sweep-iters", type=int, default=60, help="tiles: per candidate")
     parser.add_argument(
-        "--rounds", type=int, default=3, help="naive-fill, pdl, shared-stream, tiles: alternations"
+        "--rounds",
+        type=int,
+        default=3,
+        help="naive-fill, pdl, shared-stream, tiles, assignment: alternations",
     )
     parser.add_argument("--out")
     parser.add_argument("--tiny", action="store_true", help="small shapes")
@@ -906,6 +939,7 @@ def main() -> None:
         "pdl": pdl,
         "shared-stream": shared_stream,
         "tiles": tiles,
+        "assignment": assignment,
     }
     rows = modes[args.mode](args, setup)
     info = {
