@@ -157,6 +157,31 @@ def test_tile_sweep_changes_one_gemm_only() -> None:
             _check_down_config(moe_layer.with_tile(ENTRY, {}, gemm, tile)[1], "sweep")
 
 
+def test_assignment_mode_replaces_the_function_tritonexperts_calls() -> None:
+    """moe_layer.py assignment swaps the block assignment TritonExperts asks for: the name it
+    patches is the one triton_moe calls, with the parameters its stand-in takes."""
+    import inspect
+
+    from vllm.model_executor.layers.fused_moe import fused_moe
+    from vllm.model_executor.layers.fused_moe.experts import triton_moe
+
+    from benchmarks import moe_layer
+
+    assert triton_moe._prepare_expert_assignment is fused_moe._prepare_expert_assignment
+    assert "_prepare_expert_assignment(" in inspect.getsource(triton_moe.TritonExperts.apply)
+    params = inspect.signature(fused_moe._prepare_expert_assignment).parameters
+    assert list(params)[:6] == [
+        "topk_ids",
+        "config",
+        "num_tokens",
+        "top_k_num",
+        "global_num_experts",
+        "expert_map",
+    ]
+    assert params["ignore_invalid_experts"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert "assignment" in inspect.getsource(moe_layer.main)
+
+
 def test_routing_variants_agree_on_cpu() -> None:
     """Every variant benchmarks/routing.py times on a GPU routes as vLLM's grouped top-k + the
     shared entries' append does (the Triton kernel at 1-8 warps in Triton's interpreter), two
