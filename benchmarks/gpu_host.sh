@@ -42,7 +42,8 @@ case "$step" in
   extras)
     # vLLM 0.32.0's CUDA requirements pin nvidia-cutlass-dsl[cu13]==4.8.0 and quack-kernels==0.6.5
     # (ll_bf16 compiles its kernels with quack's helpers; quack needs torch-c-dlpack-ext); with them
-    # GateLinear runs the router GEMM with vLLM's ll_bf16 kernel at M <= 16, as on a user's install.
+    # GateLinear runs the router GEMM with vLLM's ll_bf16 kernel at M <= 16, as on a user's install,
+    # for gates with float32 logits (moe_router_dtype; DeepSeek-V3's config has none: bf16 F.linear).
     tmp=$(mktemp -d)
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
       --platform manylinux_2_28_x86_64 -d "$tmp" nvidia-cutlass-dsl==4.8.0 \
