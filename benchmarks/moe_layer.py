@@ -632,13 +632,23 @@ def assignment(args, setup: Setup) -> list[dict]:
     from vllm.model_executor.layers.fused_moe.experts import triton_moe
     from vllm.model_executor.layers.fused_moe.moe_align_block_size import moe_align_block_size
 
-    def aligned(topk_ids, config, num_tokens, top_k, num_experts, expert_map, **kwargs):
+    def aligned(
+        topk_ids,
+        config,
+        _tokens,
+        _top_k,
+        num_experts,
+        expert_map,
+        *,
+        ignore_invalid_experts=False,
+        **_,
+    ):
         return moe_align_block_size(
             topk_ids,
             config["BLOCK_SIZE_M"],
             num_experts,
             expert_map,
-            ignore_invalid_experts=kwargs.get("ignore_invalid_experts", False),
+            ignore_invalid_experts=ignore_invalid_experts,
         )
 
     settings = {
