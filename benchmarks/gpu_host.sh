@@ -25,6 +25,8 @@
 #   benchmarks/gpu_host.sh tiles [ARGS]    one GEMM's tile swept in the layer (moe_layer.py tiles)
 #   benchmarks/gpu_host.sh assignment [ARGS]  the layer with the naive / the aligned block
 #                                          assignment at few tokens (moe_layer.py assignment)
+#   benchmarks/gpu_host.sh quantize-align [ARGS]  the layer with the input quantized and the blocks
+#                                          assigned apart / in one launch (moe_layer.py quantize-align)
 #   benchmarks/gpu_host.sh tune [ARGS]     Triton tile tuning (benchmarks/tune_moe.py)
 #   benchmarks/gpu_host.sh probe [ARGS]    distinct experts per step (benchmarks/e2e.py --probe)
 #   benchmarks/gpu_host.sh e2e [ARGS]      ITL/TTFT/throughput, stock/off/fused (benchmarks/e2e.py)
@@ -102,6 +104,8 @@ print('ll_bf16 router GEMM available:', a())"
   tiles) python3 -m benchmarks.moe_layer tiles --out "$OUT/layer_tiles.json" "$@" ;;
   assignment)
     python3 -m benchmarks.moe_layer assignment --out "$OUT/layer_assignment.json" "$@" ;;
+  quantize-align)
+    python3 -m benchmarks.moe_layer quantize-align --out "$OUT/layer_quantize_align.json" "$@" ;;
   tune) python3 -m benchmarks.tune_moe --out-dir "$OUT" "$@" ;;
   probe) python3 -m benchmarks.e2e --probe --variants stock,site=/root/stock-site --out "$OUT/probe.jsonl" "$@" ;;
   e2e) python3 -m benchmarks.e2e --out "$OUT/e2e.jsonl" "$@" ;;

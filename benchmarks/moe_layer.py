@@ -15,6 +15,7 @@ shared-experts CUDA stream) and fused (VLLM_SHARED_EXPERT_FUSION_REPLICAS=R).
     python -m benchmarks.moe_layer shared-stream [--tokens 16 64 256] [--rounds 3] --out F.json
     python -m benchmarks.moe_layer tiles [--gemm w2] [--tokens 1 16] [--write-configs D] --out F
     python -m benchmarks.moe_layer assignment [--tokens 1 2 4 7] [--rounds 3] --out F.json
+    python -m benchmarks.moe_layer quantize-align [--tokens 1 2 4 16] [--rounds 3] --out F.json
 
 ``check`` compares both layers with an fp32 reference computed from the same
 (dequantized) weights and routing: the fused layer must be as close to it as
@@ -33,7 +34,8 @@ batch size up to vLLM's stream threshold. ``tiles`` sweeps one GEMM's tile
 (``--gemm w2``: the down projection's own tile from a `_down.json` file, patch 0011) in
 the whole layer. ``assignment`` times both layers with the naive block assignment that vLLM
 takes at few tokens and with the aligned one (moe_align_block_size) at the same sizes,
-alternating in one process.
+alternating in one process. ``quantize-align`` likewise with the MoE input quantized and the
+expert blocks assigned in launches of their own (as before patch 0013) and in one launch.
 """
 
 from __future__ import annotations
@@ -658,6 +660,21 @@ def assignment(args, setup: Setup) -> list[dict]:
     return alternate(args, setup, settings, "moe_layer_assignment")
 
 
+def quantize_align(args, setup: Setup) -> list[dict]:
+    """Patch 0013 in one process: the unfused and fused layers timed with the MoE input
+    quantized by the prepare step and the block assignment of _prepare_expert_assignment (as
+    before the patch) and with both in one launch (quantize_and_align_block_size)."""
+    from vllm.model_executor.layers.fused_moe.experts import triton_moe
+
+    def separate():
+        return mock.patch.object(
+            triton_moe.TritonExperts, "_quantizes_block_fp8_input", return_value=False
+        )
+
+    settings = {"separate": separate, "one_launch": contextlib.nullcontext}
+    return alternate(args, setup, settings, "moe_layer_quantize_align")
+
+
 def expert_weights(layer) -> tuple[torch.Tensor, torch.Tensor]:
     """The layer's stacked routed-expert weights (w13, w2)."""
     params = dict(layer.named_parameters())
@@ -912,6 +929,7 @@ def main() -> None:
             "shared-stream",
             "tiles",
             "assignment",
+            "quantize-align",
         ],
     )
     parser.add_argument("--dtype", nargs="+", default=["bf16", "fp8"])
@@ -930,7 +948,7 @@ def main() -> None:
         "--rounds",
         type=int,
         default=3,
-        help="naive-fill, pdl, shared-stream, tiles, assignment: alternations",
+        help="naive-fill, pdl, shared-stream, tiles, assignment, quantize-align: alternations",
     )
     parser.add_argument("--out")
     parser.add_argument("--tiny", action="store_true", help="small shapes")
@@ -950,6 +968,7 @@ def main() -> None:
         "shared-stream": shared_stream,
         "tiles": tiles,
         "assignment": assignment,
+        "quantize-align": quantize_align,
     }
     rows = modes[args.mode](args, setup)
     info = {

@@ -8,6 +8,8 @@ it does in vLLM.
   ``num_warps`` overridable (tests/fusion/test_triton_kernels.py, benchmarks/routing.py).
 - ``split_k``: fused_moe_kernel and the split-K activation kernel of patch 0006
   (tests/fusion/test_triton_kernels.py).
+- ``quantize_and_align``: patch 0013's one launch that quantizes the MoE input and assigns the
+  expert blocks (tests/fusion/test_triton_kernels.py).
 """
 
 from __future__ import annotations
@@ -53,6 +55,12 @@ class _Interpreter:
     def is_arch_support_pdl() -> bool:
         return False
 
+    @staticmethod
+    def fp8_dtype():
+        import torch
+
+        return torch.float8_e4m3fn
+
 
 def _platform():
     """vLLM's ``current_platform`` on a GPU (the launchers run as in vLLM), else _Interpreter."""
@@ -72,10 +80,10 @@ def _defines(node: ast.stmt) -> str | None:
     return getattr(node, "name", None)
 
 
-def load(module: str, names: tuple[str, ...]) -> dict:
+def load(module: str, names: tuple[str, ...], **extra) -> dict:
     """Execute the top-level definitions ``names`` (functions or constants) of the installed
-    vLLM's ``module`` (a path under vllm/) in a fresh namespace holding torch, triton, tl and
-    ``current_platform`` (see _platform)."""
+    vLLM's ``module`` (a path under vllm/) in a fresh namespace holding torch, triton, tl,
+    ``current_platform`` (see _platform) and ``extra``."""
     import torch
     import triton
     import triton.language as tl
@@ -86,7 +94,7 @@ def load(module: str, names: tuple[str, ...]) -> dict:
     missing = set(names) - {_defines(n) for n in nodes}
     if missing:
         raise RuntimeError(f"{path} lacks {sorted(missing)}: is the series applied?")
-    scope = {"torch": torch, "triton": triton, "tl": tl, "current_platform": _platform()}
+    scope = {"torch": torch, "triton": triton, "tl": tl, "current_platform": _platform(), **extra}
     exec(compile(ast.Module(nodes, []), str(path), "exec"), scope)
     return scope
 
@@ -115,3 +123,22 @@ def split_k() -> dict:
             "_split_k_silu_and_mul_per_block_quant_kernel",
         ),
     )
+
+
+def quantize_and_align() -> Callable:
+    """``quantize_and_align_block_size`` as the installed vLLM defines it (FP8 e4m3fn limits)."""
+
+    def get_fp8_min_max() -> tuple[float, float]:
+        return -448.0, 448.0
+
+    return load(
+        FUSED_MOE,
+        (
+            "_align_block_size_program",
+            "_quantize_groups_program",
+            "_quantize_and_align_kernel",
+            "QUANTIZE_AND_ALIGN_MAX_ENTRIES",
+            "quantize_and_align_block_size",
+        ),
+        get_fp8_min_max=get_fp8_min_max,
+    )["quantize_and_align_block_size"]

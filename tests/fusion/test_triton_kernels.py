@@ -19,6 +19,13 @@ layout. (The
 interpreter's own FP8 and bf16 casts are not the GPU's, so the quantized values
 and the bf16 rounding are checked by vLLM's in-tree CUDA test,
 tests/kernels/moe/test_moe_split_k.py, on a GPU.)
+
+Patch 0013 quantizes the MoE input and assigns the expert blocks in one launch
+(``quantize_and_align_block_size``): its scales must be per_token_group_fp8_quant's
+and its blocks moe_align_block_size's (each expert's entries in their order, padded
+to the block size, in moe_align's buffer sizes); the input is chosen so that no value
+rounds in the FP8 cast, which the interpreter does not do as the GPU does (the
+GPU's values: tests/kernels/moe/test_moe_quantize_and_align.py).
 """
 
 from __future__ import annotations
@@ -212,3 +219,70 @@ SPLIT_K_SCRIPT = textwrap.dedent(
 
 def test_split_k_gemm_partials_and_activation_scales() -> None:
     interpret(SPLIT_K_SCRIPT, 11)
+
+
+QUANTIZE_ALIGN_SCRIPT = """
+import torch
+from sefkit.triton_kernels import quantize_and_align
+
+qa = quantize_and_align()
+torch.manual_seed(0)
+
+
+def reference_layout(ids, block, experts):
+    flat = ids.flatten().tolist()
+    numel = len(flat)
+    sorted_ids, expert_ids = [], []
+    for e in range(experts):
+        entries = [i for i, x in enumerate(flat) if x == e]
+        if not entries:
+            continue
+        padded = -(-len(entries) // block) * block
+        entries += [numel] * (padded - len(entries))
+        sorted_ids += entries
+        expert_ids += [e] * (padded // block)
+    return sorted_ids, expert_ids
+
+
+cases = 0
+for tokens, top_k, experts, block, dtype in [
+    (1, 9, 257, 16, torch.int32), (2, 9, 257, 16, torch.int32), (4, 9, 257, 16, torch.int64),
+    (7, 9, 257, 64, torch.int32), (16, 9, 257, 16, torch.int32), (28, 9, 257, 32, torch.int32),
+    (3, 3, 9, 16, torch.int32), (20, 8, 256, 16, torch.int32), (5, 2, 4, 4, torch.int32),
+]:
+    k = 512
+    # FP8 values times a power of two per group, each group's largest magnitude 448: x / scale
+    # is exact, so the interpreter's own FP8 cast (not the GPU's) rounds nothing.
+    q_ref = torch.randn(tokens, k // 128, 128).clamp(-448, 448).to(torch.float8_e4m3fn).float()
+    q_ref[:, :, 0] = 448.0
+    s_ref = 2.0 ** torch.randint(-12, 4, (tokens, k // 128)).float()
+    q_ref[0, 0], s_ref[0, 0] = 0, 1e-10 / 448.0  # a group of zeros: scale eps / 448
+    x = (q_ref * s_ref[..., None]).view(tokens, k).to(torch.bfloat16)
+    ids = torch.stack([torch.randperm(experts)[:top_k] for _ in range(tokens)]).to(dtype)
+    if tokens > 3:
+        ids[1] = ids[0]  # duplicates
+    for align in (False, True):
+        xq, xs, sorted_ids, expert_ids, padded = qa(x, ids, block, experts, 128, align=align)
+        assert torch.equal(xs, s_ref), (xs - s_ref).abs().max()
+        assert torch.equal(xq.float(), q_ref.view(tokens, k))
+        if not align:
+            assert sorted_ids is None and padded is None and torch.equal(expert_ids, ids.view(-1))
+        else:
+            want_sorted, want_experts = reference_layout(ids, block, experts)
+            total = int(padded.item())
+            assert total == len(want_sorted), (total, len(want_sorted))
+            assert sorted_ids[:total].tolist() == want_sorted
+            assert expert_ids[: total // block].tolist() == want_experts
+            # moe_align_block_size's buffer sizes
+            numel = ids.numel()
+            size = numel + experts * (block - 1)
+            if numel < experts:
+                size = min(numel * block, size)
+            assert sorted_ids.numel() == size and expert_ids.numel() == -(-size // block)
+        cases += 1
+print("checked", cases)
+"""
+
+
+def test_quantize_and_align_writes_scales_values_and_blocks() -> None:
+    interpret(QUANTIZE_ALIGN_SCRIPT, 18)

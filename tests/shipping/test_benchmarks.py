@@ -182,6 +182,24 @@ def test_assignment_mode_replaces_the_function_tritonexperts_calls() -> None:
     assert "assignment" in inspect.getsource(moe_layer.main)
 
 
+def test_quantize_align_mode_turns_off_what_tritonexperts_asks() -> None:
+    """moe_layer.py quantize-align's "separate" setting answers the question apply() and
+    expects_unquantized_inputs ask: TritonExperts then quantizes nothing itself."""
+    import inspect
+
+    from vllm.model_executor.layers.fused_moe.experts import triton_moe
+
+    from benchmarks import moe_layer
+
+    apply_src = inspect.getsource(triton_moe.TritonExperts.apply)
+    assert "self._quantizes_block_fp8_input()" in apply_src
+    assert "quantize_and_align_block_size(" in apply_src
+    assert "_quantizes_block_fp8_input" in inspect.getsource(
+        triton_moe.TritonExperts.expects_unquantized_inputs.fget
+    )
+    assert "quantize-align" in inspect.getsource(moe_layer.main)
+
+
 def test_routing_variants_agree_on_cpu() -> None:
     """Every variant benchmarks/routing.py times on a GPU routes as vLLM's grouped top-k + the
     shared entries' append does (the Triton kernel at 1-8 warps in Triton's interpreter), two
