@@ -34,6 +34,7 @@ DAY8 = "2026-12-03"  # the eleventh session: sef6 as shipped, stock / fused / of
 DAY9 = "2026-12-03"  # the twelfth session: sef7 (patch 0010, shared entries on the aux stream)
 DAY10 = "2026-12-03"  # the thirteenth session: sef8 (patches 0011-0012, down-projection tiles)
 DAY11 = "2026-12-03"  # the fourteenth session: sef8 throughput, in-GEMM input quantization re-tried
+DAY12 = "2026-12-04"  # the fifteenth session: sef9 (patch 0013, quantization + alignment in one launch)
 
 
 def layer_rows() -> list[dict]:
@@ -211,6 +212,14 @@ def e2e_rows() -> list[dict]:
             date=DAY10,
             prefix_caching=False,
         )
+        + realistic_rows(
+            REALISTIC_SEF9,
+            "e2e_dsv3_tp8_rank_fp8_realistic_sef9",
+            set(),
+            throughput="throughput_sef9",
+            date=DAY12,
+            prefix_caching=False,
+        )
     )
 
 
@@ -259,6 +268,10 @@ REALISTIC_SEF7 = ["e2e_realistic_sef7"]
 # Then (fourteenth session, sef8 as shipped) both throughput workloads, two repetitions per
 # process, one pair of processes (stock, fused): the device time did not stretch to A B A B.
 REALISTIC_SEF8 = ["e2e_realistic_sef8", "e2e_realistic_sef8_throughput"]
+# sef9 (sef8 + patch 0013: the MoE input quantized and the blocks assigned in one launch), ITL and
+# TTFT only, two repetitions per process, processes fused, stock on one lease (one pair: the
+# device time did not stretch further).
+REALISTIC_SEF9 = ["e2e_realistic_sef9"]
 
 
 def realistic_rows(
@@ -343,6 +356,12 @@ CACHED_TTFT = "hits: the same prompts each repetition, prefix caching on"
 
 RATIO_LINES = [
     # scenario, dtype, TP equivalent, label
+    (
+        "e2e_dsv3_tp8_rank_fp8_realistic_sef9",
+        "fp8",
+        8,
+        "end-to-end decode ITL, FP8, TP8 rank, realistic routing, sef9 (quantize + align), 1 pair",
+    ),
     (
         "e2e_dsv3_tp8_rank_fp8_realistic_sef8",
         "fp8",
@@ -539,6 +558,42 @@ def input_quant_sef8_rows() -> list[dict]:
     )
 
 
+def quantize_align_rows() -> list[dict]:
+    """Patch 0013 in one process (``benchmarks/moe_layer.py quantize-align``): each layer with
+    the MoE input quantized by the prepare step and the blocks assigned as before (``stock``:
+    ``separate``) and both in one launch (``fused``: ``one_launch``), alternating twice. First
+    as shipped (the assignment naive or aligned as vLLM picks it), then the first version, which
+    aligned from 2 tokens (rejected: slower at 2-4 tokens). Also the layer with the naive and the
+    aligned assignment (moe_align_block_size's launches) on sef8, the measurement that preceded
+    it (``benchmarks/moe_layer.py assignment``)."""
+    return (
+        ab_rows(
+            "layer_quantize_align_sef9.json",
+            "moe_layer_quantize_align",
+            "separate",
+            "one_launch",
+            "MoE input quantized and blocks assigned apart / in one launch (patch 0013)",
+            DAY12,
+        )
+        + ab_rows(
+            "layer_quantize_align_aligned_rejected_sef9.json",
+            "moe_layer_quantize_align_aligned_rejected",
+            "separate",
+            "one_launch",
+            "apart / in one launch aligned from 2 tokens (rejected first version of 0013)",
+            DAY12,
+        )
+        + ab_rows(
+            "layer_assignment_sef8.json",
+            "moe_layer_assignment",
+            "naive",
+            "aligned",
+            "naive / aligned block assignment (moe_align_block_size), sef8",
+            DAY12,
+        )
+    )
+
+
 def ab_rows(file: str, scenario: str, before: str, after: str, compares: str, date: str):
     """Rows of a ``benchmarks/moe_layer.py`` A/B in one process (``alternate``): ``stock`` is the
     setting ``before``, ``fused`` the setting ``after``; one scenario per layer variant."""
@@ -639,6 +694,7 @@ def summary_rows() -> list[dict]:
         + split_k_rows()
         + input_quant_rows()
         + input_quant_sef8_rows()
+        + quantize_align_rows()
         + naive_fill_rows()
         + pdl_rows()
         + shared_stream_rows()
