@@ -34,7 +34,7 @@ DAY8 = "2026-12-03"  # the eleventh session: sef6 as shipped, stock / fused / of
 DAY9 = "2026-12-03"  # the twelfth session: sef7 (patch 0010, shared entries on the aux stream)
 DAY10 = "2026-12-03"  # the thirteenth session: sef8 (patches 0011-0012, down-projection tiles)
 DAY11 = "2026-12-03"  # the fourteenth session: sef8 throughput, in-GEMM input quantization re-tried
-DAY12 = "2026-12-04"  # the fifteenth session: sef9 (patch 0013, quantization + alignment in one launch)
+DAY12 = "2026-12-04"  # the fifteenth session: sef9 (patch 0013, quantize + align in one launch)
 
 
 def layer_rows() -> list[dict]:
