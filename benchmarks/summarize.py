@@ -35,6 +35,7 @@ DAY9 = "2026-12-03"  # the twelfth session: sef7 (patch 0010, shared entries on 
 DAY10 = "2026-12-03"  # the thirteenth session: sef8 (patches 0011-0012, down-projection tiles)
 DAY11 = "2026-12-03"  # the fourteenth session: sef8 throughput, in-GEMM input quantization re-tried
 DAY12 = "2026-12-04"  # the fifteenth session: sef9 (patch 0013, quantize + align in one launch)
+DAY13 = "2026-12-04"  # sixteenth session: sef9 A B A B; the router GEMM in the routing (rejected)
 
 
 def layer_rows() -> list[dict]:
@@ -220,6 +221,13 @@ def e2e_rows() -> list[dict]:
             date=DAY12,
             prefix_caching=False,
         )
+        + realistic_rows(
+            REALISTIC_SEF9_ABAB,
+            "e2e_dsv3_tp8_rank_fp8_realistic_sef9_abab",
+            set(),
+            date=DAY13,
+            prefix_caching=False,
+        )
     )
 
 
@@ -272,6 +280,10 @@ REALISTIC_SEF8 = ["e2e_realistic_sef8", "e2e_realistic_sef8_throughput"]
 # TTFT only, two repetitions per process, processes fused, stock on one lease (one pair: the
 # device time did not stretch further).
 REALISTIC_SEF9 = ["e2e_realistic_sef9"]
+# sef9 again (sixteenth session, another machine), batches 1, 4 and 16 (where 0013 acts), ITL and
+# TTFT, two repetitions per process, one device call per process but the last pair (one call),
+# processes fused, stock, fused, stock, off, fused, stock, off on one lease.
+REALISTIC_SEF9_ABAB = ["e2e_realistic_sef9_abab"]
 
 
 def realistic_rows(
@@ -356,6 +368,12 @@ CACHED_TTFT = "hits: the same prompts each repetition, prefix caching on"
 
 RATIO_LINES = [
     # scenario, dtype, TP equivalent, label
+    (
+        "e2e_dsv3_tp8_rank_fp8_realistic_sef9_abab",
+        "fp8",
+        8,
+        "end-to-end decode ITL, FP8, TP8 rank, realistic routing, sef9, A B A B A B (1-16)",
+    ),
     (
         "e2e_dsv3_tp8_rank_fp8_realistic_sef9",
         "fp8",
@@ -594,6 +612,43 @@ def quantize_align_rows() -> list[dict]:
     )
 
 
+def gate_routing_rows() -> list[dict]:
+    """A rejected variant, kept measured (sixteenth session): the router GEMM in the fused
+    routing's launch. ``stock``: F.linear (cuBLAS) then patch 0003's routing kernel; ``fused``:
+    the fastest one-launch configuration of three grids at each batch size. Microbenchmark of
+    the router alone (CUDA-graph replays), not the layer."""
+    raw = json.loads((RAW / "routing_gate_in_launch_rejected_sef9.json").read_text())
+    best: dict[int, tuple[float, str]] = {}
+    stock: dict[int, list[float]] = defaultdict(list)
+    for run in raw["runs"]:
+        for r in run["rows"]:
+            m = r["batch"]
+            stock[m].append(r["stock"]["median_us"])
+            for name, v in r.items():
+                full = name.startswith("one ") and '"stop"' not in name
+                if full and v["median_us"] < best.get(m, (float("inf"), ""))[0]:
+                    best[m] = (v["median_us"], name[4:])
+    return [
+        {
+            "scenario": "routing_gate_in_launch_rejected",
+            "dtype": "bf16",
+            "tp_equiv": 8,
+            "batch": m,
+            "metric": "moe_us",
+            "stock": round(statistics.median(stock[m]), 2),
+            "fused": round(best[m][0], 2),
+            "ratio": round(best[m][0] / statistics.median(stock[m]), 3),
+            "compares": "router GEMM + routing: F.linear then the routing kernel / one launch",
+            "config": json.loads(best[m][1]),
+            "stock_values": stock[m],
+            "gpu": GPU,
+            "vllm": VLLM,
+            "date": DAY13,
+        }
+        for m in sorted(best)
+    ]
+
+
 def ab_rows(file: str, scenario: str, before: str, after: str, compares: str, date: str):
     """Rows of a ``benchmarks/moe_layer.py`` A/B in one process (``alternate``): ``stock`` is the
     setting ``before``, ``fused`` the setting ``after``; one scenario per layer variant."""
@@ -695,6 +750,7 @@ def summary_rows() -> list[dict]:
         + input_quant_rows()
         + input_quant_sef8_rows()
         + quantize_align_rows()
+        + gate_routing_rows()
         + naive_fill_rows()
         + pdl_rows()
         + shared_stream_rows()
