@@ -10,6 +10,8 @@
 #   benchmarks/gpu_host.sh install         unpack vLLM + deps (+ extras, if staged) into /root/site,
 #                                          apply patches/; /root/stock-site: the same site with
 #                                          unpatched vLLM
+#   benchmarks/gpu_host.sh intree [DIR]    (here) copy vLLM's MoE kernel tests and their helpers from
+#                                          the patched vllm/ tree to DIR (default .gpu/intree)
 #   benchmarks/gpu_host.sh unit [DIR]      the series' in-tree CUDA tests, copied to DIR
 #                                          (default .gpu/intree, a tree like vllm/tests)
 #   benchmarks/gpu_host.sh check           layer-level numerics vs an fp32 reference
@@ -27,6 +29,8 @@
 #                                          assignment at few tokens (moe_layer.py assignment)
 #   benchmarks/gpu_host.sh quantize-align [ARGS]  the layer with the input quantized and the blocks
 #                                          assigned apart / in one launch (moe_layer.py quantize-align)
+#   benchmarks/gpu_host.sh moe-sum [ARGS]  the layer with the top-k outputs summed by ops.moe_sum /
+#                                          by the Triton launch (moe_layer.py moe-sum)
 #   benchmarks/gpu_host.sh tune [ARGS]     Triton tile tuning (benchmarks/tune_moe.py)
 #   benchmarks/gpu_host.sh probe [ARGS]    distinct experts per step (benchmarks/e2e.py --probe)
 #   benchmarks/gpu_host.sh e2e [ARGS]      ITL/TTFT/throughput, stock/off/fused (benchmarks/e2e.py)
@@ -83,6 +87,24 @@ case "$step" in
     python3 -c "from vllm.model_executor.kernels.linear.cute_dsl.ll_bf16 import is_available as a
 print('ll_bf16 router GEMM available:', a())"
     ;;
+  intree)
+    dir=${1:-.gpu/intree}
+    [[ $dir = /* ]] || dir=$PWD/$dir
+    rm -rf "$dir" && mkdir -p "$dir"
+    (cd vllm && cp -r --parents tests/__init__.py tests/kernels/__init__.py tests/kernels/utils.py \
+      tests/kernels/quant_utils.py tests/kernels/moe tests/kernels/quantization/nvfp4_utils.py \
+      "$dir/")
+    # vLLM's tests/conftest.py needs the whole test suite: its workspace_init fixture alone.
+    python3 -c '
+import ast, sys
+source = open("vllm/tests/conftest.py").read()
+(fixture,) = [n for n in ast.parse(source).body if getattr(n, "name", "") == "workspace_init"]
+lines = source.splitlines()[fixture.decorator_list[0].lineno - 1 : fixture.end_lineno]
+header = "# The workspace_init fixture of vLLM tests/conftest.py (gpu_host.sh intree).\n"
+with open(sys.argv[1], "w") as f:
+    f.write(header + "import pytest\nimport torch\n\n\n" + "\n".join(lines) + "\n")
+' "$dir/tests/conftest.py"
+    ;;
   unit)
     # From DIR, with its own pytest.ini: vLLM's `tests` package, not this repository's.
     dir=${1:-.gpu/intree}
@@ -106,6 +128,7 @@ print('ll_bf16 router GEMM available:', a())"
     python3 -m benchmarks.moe_layer assignment --out "$OUT/layer_assignment.json" "$@" ;;
   quantize-align)
     python3 -m benchmarks.moe_layer quantize-align --out "$OUT/layer_quantize_align.json" "$@" ;;
+  moe-sum) python3 -m benchmarks.moe_layer moe-sum --out "$OUT/layer_moe_sum.json" "$@" ;;
   tune) python3 -m benchmarks.tune_moe --out-dir "$OUT" "$@" ;;
   probe) python3 -m benchmarks.e2e --probe --variants stock,site=/root/stock-site --out "$OUT/probe.jsonl" "$@" ;;
   e2e) python3 -m benchmarks.e2e --out "$OUT/e2e.jsonl" "$@" ;;

@@ -16,6 +16,7 @@ shared-experts CUDA stream) and fused (VLLM_SHARED_EXPERT_FUSION_REPLICAS=R).
     python -m benchmarks.moe_layer tiles [--gemm w2] [--tokens 1 16] [--write-configs D] --out F
     python -m benchmarks.moe_layer assignment [--tokens 1 2 4 7] [--rounds 3] --out F.json
     python -m benchmarks.moe_layer quantize-align [--tokens 1 2 4 16] [--rounds 3] --out F.json
+    python -m benchmarks.moe_layer moe-sum [--tokens 1 4 16 64] [--rounds 3] --out F.json
 
 ``check`` compares both layers with an fp32 reference computed from the same
 (dequantized) weights and routing: the fused layer must be as close to it as
@@ -36,6 +37,8 @@ the whole layer. ``assignment`` times both layers with the naive block assignmen
 takes at few tokens and with the aligned one (moe_align_block_size) at the same sizes,
 alternating in one process. ``quantize-align`` likewise with the MoE input quantized and the
 expert blocks assigned in launches of their own (as before patch 0013) and in one launch.
+``moe-sum`` likewise with the top-k outputs summed by ops.moe_sum and by patch 0014's Triton
+launch.
 """
 
 from __future__ import annotations
@@ -675,6 +678,19 @@ def quantize_align(args, setup: Setup) -> list[dict]:
     return alternate(args, setup, settings, "moe_layer_quantize_align")
 
 
+def moe_sum(args, setup: Setup) -> list[dict]:
+    """Patch 0014 in one process: the unfused and fused layers timed with the top-k outputs
+    summed by ops.moe_sum (as before the patch) and by moe_sum_triton up to
+    MOE_SUM_TRITON_MAX_TOKENS tokens (as the series runs); above that both take ops.moe_sum."""
+    from vllm.model_executor.layers.fused_moe.experts import triton_moe
+
+    def ops_moe_sum():
+        return mock.patch.object(triton_moe, "MOE_SUM_TRITON_MAX_TOKENS", 0)
+
+    settings = {"ops_moe_sum": ops_moe_sum, "triton": contextlib.nullcontext}
+    return alternate(args, setup, settings, "moe_layer_moe_sum")
+
+
 def expert_weights(layer) -> tuple[torch.Tensor, torch.Tensor]:
     """The layer's stacked routed-expert weights (w13, w2)."""
     params = dict(layer.named_parameters())
@@ -930,6 +946,7 @@ def main() -> None:
             "tiles",
             "assignment",
             "quantize-align",
+            "moe-sum",
         ],
     )
     parser.add_argument("--dtype", nargs="+", default=["bf16", "fp8"])
@@ -948,7 +965,8 @@ def main() -> None:
         "--rounds",
         type=int,
         default=3,
-        help="naive-fill, pdl, shared-stream, tiles, assignment, quantize-align: alternations",
+        help="naive-fill, pdl, shared-stream, tiles, assignment, quantize-align, moe-sum: "
+        "alternations",
     )
     parser.add_argument("--out")
     parser.add_argument("--tiny", action="store_true", help="small shapes")
@@ -969,6 +987,7 @@ def main() -> None:
         "tiles": tiles,
         "assignment": assignment,
         "quantize-align": quantize_align,
+        "moe-sum": moe_sum,
     }
     rows = modes[args.mode](args, setup)
     info = {

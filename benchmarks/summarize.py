@@ -35,7 +35,7 @@ DAY9 = "2026-12-03"  # the twelfth session: sef7 (patch 0010, shared entries on 
 DAY10 = "2026-12-03"  # the thirteenth session: sef8 (patches 0011-0012, down-projection tiles)
 DAY11 = "2026-12-03"  # the fourteenth session: sef8 throughput, in-GEMM input quantization re-tried
 DAY12 = "2026-12-04"  # the fifteenth session: sef9 (patch 0013, quantize + align in one launch)
-DAY13 = "2026-12-04"  # sixteenth session: sef9 A B A B; the router GEMM in the routing (rejected)
+DAY13 = "2026-12-04"  # sixteenth session: sef9 A B A B, sef10 (patch 0014, moe_sum in Triton)
 
 
 def layer_rows() -> list[dict]:
@@ -583,7 +583,8 @@ def quantize_align_rows() -> list[dict]:
     as shipped (the assignment naive or aligned as vLLM picks it), then the first version, which
     aligned from 2 tokens (rejected: slower at 2-4 tokens). Also the layer with the naive and the
     aligned assignment (moe_align_block_size's launches) on sef8, the measurement that preceded
-    it (``benchmarks/moe_layer.py assignment``)."""
+    it (``benchmarks/moe_layer.py assignment``). And patch 0014 likewise (sixteenth session): the
+    top-k outputs summed by ops.moe_sum (``stock``) and by moe_sum_triton (``fused``)."""
     return (
         ab_rows(
             "layer_quantize_align_sef9.json",
@@ -600,6 +601,14 @@ def quantize_align_rows() -> list[dict]:
             "one_launch",
             "apart / in one launch aligned from 2 tokens (rejected first version of 0013)",
             DAY12,
+        )
+        + ab_rows(
+            "layer_moe_sum_sef10.json",
+            "moe_layer_moe_sum",
+            "ops_moe_sum",
+            "triton",
+            "top-k outputs summed by ops.moe_sum / by the Triton launch (patch 0014)",
+            DAY13,
         )
         + ab_rows(
             "layer_assignment_sef8.json",

@@ -10,6 +10,7 @@ it does in vLLM.
   (tests/fusion/test_triton_kernels.py).
 - ``quantize_and_align``: patch 0013's one launch that quantizes the MoE input and assigns the
   expert blocks (tests/fusion/test_triton_kernels.py).
+- ``moe_sum``: patch 0014's Triton launch of the top-k sum (tests/fusion/test_triton_kernels.py).
 """
 
 from __future__ import annotations
@@ -142,3 +143,8 @@ def quantize_and_align() -> Callable:
         ),
         get_fp8_min_max=get_fp8_min_max,
     )["quantize_and_align_block_size"]
+
+
+def moe_sum() -> Callable:
+    """``moe_sum_triton`` as the installed vLLM defines it (patch 0014)."""
+    return load(FUSED_MOE, ("_moe_sum_kernel", "moe_sum_triton"))["moe_sum_triton"]

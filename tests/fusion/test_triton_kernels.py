@@ -26,6 +26,12 @@ and its blocks moe_align_block_size's (each expert's entries in their order, pad
 to the block size, in moe_align's buffer sizes); the input is chosen so that no value
 rounds in the FP8 cast, which the interpreter does not do as the GPU does (the
 GPU's values: tests/kernels/moe/test_moe_quantize_and_align.py).
+
+Patch 0014 sums the top-k outputs in a Triton launch at decode sizes
+(``moe_sum_triton``): float32 sums from zero in the slots' order, as ops.moe_sum,
+over strided rows and a ragged last block; bf16 inputs are small integers, whose
+sums round nothing (the interpreter truncates where the GPU rounds; the GPU's bits
+against ops.moe_sum: tests/kernels/moe/test_moe_sum_triton.py).
 """
 
 from __future__ import annotations
@@ -286,3 +292,38 @@ print("checked", cases)
 
 def test_quantize_and_align_writes_scales_values_and_blocks() -> None:
     interpret(QUANTIZE_ALIGN_SCRIPT, 18)
+
+
+MOE_SUM_SCRIPT = """
+import torch
+from sefkit.triton_kernels import moe_sum
+
+moe_sum_triton = moe_sum()
+torch.manual_seed(0)
+cases = 0
+for tokens, top_k, hidden in [(1, 9, 7168), (3, 8, 300), (16, 1, 256), (2, 10, 513), (5, 3, 100)]:
+    for dtype in (torch.float32, torch.bfloat16):
+        # rows of a wider buffer: strides that are not the shape's
+        x = torch.randn(tokens, top_k + 1, hidden)
+        if dtype == torch.bfloat16:
+            x = x.mul(4).round()
+        x = x.to(dtype)[:, 1:]
+        out = torch.full((tokens, hidden), float("nan"), dtype=dtype)
+        moe_sum_triton(x, out)
+        acc = torch.zeros(tokens, hidden)
+        for k in range(top_k):
+            acc += x[:, k].float()
+        assert torch.equal(out, acc.to(dtype)), (tokens, top_k, hidden, dtype)
+        cases += 1
+for bad in (torch.empty(2, 9), torch.empty(2, 8, dtype=torch.bfloat16)):
+    try:
+        moe_sum_triton(torch.randn(2, 3, 8), bad)
+    except ValueError as e:
+        assert "output" in str(e)
+        cases += 1
+print("checked", cases)
+"""
+
+
+def test_moe_sum_sums_in_the_slots_order() -> None:
+    interpret(MOE_SUM_SCRIPT, 12)

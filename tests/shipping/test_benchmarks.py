@@ -200,6 +200,23 @@ def test_quantize_align_mode_turns_off_what_tritonexperts_asks() -> None:
     assert "quantize-align" in inspect.getsource(moe_layer.main)
 
 
+def test_moe_sum_mode_turns_off_what_tritonexperts_asks() -> None:
+    """moe_layer.py moe-sum's "ops_moe_sum" setting sets the limit TritonExperts.moe_sum reads
+    (MOE_SUM_TRITON_MAX_TOKENS, imported into triton_moe's namespace) to 0 tokens."""
+    import inspect
+
+    from vllm.model_executor.layers.fused_moe.experts import triton_moe
+
+    from benchmarks import moe_layer
+
+    moe_sum_src = inspect.getsource(triton_moe.TritonExperts.moe_sum)
+    assert "<= MOE_SUM_TRITON_MAX_TOKENS" in moe_sum_src
+    assert "moe_sum_triton(" in moe_sum_src
+    assert isinstance(triton_moe.MOE_SUM_TRITON_MAX_TOKENS, int)
+    assert '"MOE_SUM_TRITON_MAX_TOKENS", 0' in inspect.getsource(moe_layer.moe_sum)
+    assert "moe-sum" in inspect.getsource(moe_layer.main)
+
+
 def test_routing_variants_agree_on_cpu() -> None:
     """Every variant benchmarks/routing.py times on a GPU routes as vLLM's grouped top-k + the
     shared entries' append does (the Triton kernel at 1-8 warps in Triton's interpreter), two
