@@ -583,8 +583,7 @@ def quantize_align_rows() -> list[dict]:
     as shipped (the assignment naive or aligned as vLLM picks it), then the first version, which
     aligned from 2 tokens (rejected: slower at 2-4 tokens). Also the layer with the naive and the
     aligned assignment (moe_align_block_size's launches) on sef8, the measurement that preceded
-    it (``benchmarks/moe_layer.py assignment``). And patch 0014 likewise (sixteenth session): the
-    top-k outputs summed by ops.moe_sum (``stock``) and by moe_sum_triton (``fused``)."""
+    it (``benchmarks/moe_layer.py assignment``)."""
     return (
         ab_rows(
             "layer_quantize_align_sef9.json",
@@ -603,14 +602,6 @@ def quantize_align_rows() -> list[dict]:
             DAY12,
         )
         + ab_rows(
-            "layer_moe_sum_sef10.json",
-            "moe_layer_moe_sum",
-            "ops_moe_sum",
-            "triton",
-            "top-k outputs summed by ops.moe_sum / by the Triton launch (patch 0014)",
-            DAY13,
-        )
-        + ab_rows(
             "layer_assignment_sef8.json",
             "moe_layer_assignment",
             "naive",
@@ -618,6 +609,20 @@ def quantize_align_rows() -> list[dict]:
             "naive / aligned block assignment (moe_align_block_size), sef8",
             DAY12,
         )
+    )
+
+
+def moe_sum_rows() -> list[dict]:
+    """Patch 0014 in one process (``benchmarks/moe_layer.py moe-sum``): each layer with the
+    top-k outputs summed by ops.moe_sum (``stock``) and by moe_sum_triton (``fused``),
+    alternating twice."""
+    return ab_rows(
+        "layer_moe_sum_sef10.json",
+        "moe_layer_moe_sum",
+        "ops_moe_sum",
+        "triton",
+        "top-k outputs summed by ops.moe_sum / by the Triton launch (patch 0014)",
+        DAY13,
     )
 
 
@@ -759,6 +764,7 @@ def summary_rows() -> list[dict]:
         + input_quant_rows()
         + input_quant_sef8_rows()
         + quantize_align_rows()
+        + moe_sum_rows()
         + gate_routing_rows()
         + naive_fill_rows()
         + pdl_rows()
