@@ -35,6 +35,12 @@ Per process, after warm-up generates that are dropped (each shape once):
 - throughput: decode-heavy (256 requests, 64 prompt + 400 generated tokens)
   and mixed (512 requests, 1000 + 200) at vLLM's default chunked prefill:
   generated tokens per second of LLM.generate, median of --reps.
+- profile: per batch B, torch.profiler (through vLLM's profiler, in the engine)
+  over PROFILE_STEPS decode steps of B requests, after PROFILE_DELAY steps (the
+  prefill and the first decode steps stay out): each kernel's device time and
+  launches per step, the kernels' union per step (the GPU's busy time) and the
+  steps' span. Steps are counted by the routing kernel (one launch per MoE layer
+  per step). Run after itl in the same process, so it does not disturb it.
 """
 
 from __future__ import annotations
@@ -54,6 +60,14 @@ from benchmarks.realistic_routing import realistic_routing
 ROOT = Path(__file__).resolve().parents[1]
 
 BATCHES = [1, 4, 16, 64, 256]
+WORKLOAD_NAMES = ("itl", "throughput", "profile")
+# Decode steps profiled per batch, and the engine steps skipped first (the prefill).
+PROFILE_STEPS = 24
+PROFILE_DELAY = 4
+# In the name of the routing kernel, one launch per MoE layer per step: stock's
+# grouped_topk_fused_small_expert_count_kernel and patch 0003's
+# _grouped_topk_fused_shared_kernel.
+ROUTING_KERNEL = "grouped_topk"
 WORKLOADS = {
     # name: (requests, prompt tokens, generated tokens)
     "decode_heavy": (256, 64, 400),
@@ -151,12 +165,22 @@ def make_llm(args, **overrides):
     )
     if args.tiny:
         kwargs.update(enforce_eager=True, max_model_len=1024, max_num_seqs=16)
+    if "profile" in args.workloads:
+        kwargs["profiler_config"] = {
+            "profiler": "torch",
+            "torch_profiler_dir": args.profile_dir,
+            "torch_profiler_activities": ["CPU"] if args.tiny else ["CUDA"],
+            "torch_profiler_with_stack": False,
+            "torch_profiler_dump_cuda_time_total": False,
+            "ignore_frontend": True,
+        }
     kwargs.update(overrides)
     llm = LLM(**kwargs)
     counts = llm.apply_model(realistic_routing)[0]
     print(f"realistic routing: {counts}", flush=True)
     assert counts["moe_layers"] > 0, "no MoE layer found"
     assert args.tiny or counts["gates_reset"] == counts["moe_layers"], counts
+    args.moe_layers = counts["moe_layers"]
     return llm
 
 
@@ -222,6 +246,8 @@ def measure(args) -> None:
                         "values": values,
                     }
                 )
+    if "profile" in args.workloads:
+        profile_batches(args, llm, base, args.moe_layers)
     if "throughput" in args.workloads:
         for workload, (n, prompt_len, gen_len) in WORKLOADS.items():
             if args.tiny:
@@ -242,6 +268,83 @@ def measure(args) -> None:
                     "values": values,
                 }
             )
+
+
+def step_profile(events: list[dict], moe_layers: int) -> dict:
+    """Per decode step, from a torch.profiler trace's events: each kernel's device time
+    and launches, the kernels' sum, their union (the GPU's busy time) and the span from
+    the first kernel's start to the last one's end. The steps are the routing kernel's
+    launches over ``moe_layers``."""
+    kernels = [e for e in events if e.get("cat") == "kernel" and e.get("ph") == "X"]
+    routing = sum(1 for e in kernels if ROUTING_KERNEL in e["name"])
+    if routing < moe_layers:
+        raise ValueError(f"{routing} routing launches in the trace: not one decode step")
+    # Whole steps unless the profiler's window cut one (then a fraction shows it).
+    steps = routing / moe_layers
+    table: dict[str, list[float]] = {}
+    streams: dict[str, float] = {}
+    intervals = sorted((e["ts"], e["ts"] + e["dur"]) for e in kernels)
+    for e in kernels:
+        row = table.setdefault(e["name"], [0.0, 0])
+        row[0] += e["dur"]
+        row[1] += 1
+        stream = str(e.get("args", {}).get("stream", "?"))
+        streams[stream] = streams.get(stream, 0.0) + e["dur"]
+    busy, end = 0.0, -float("inf")
+    for start, stop in intervals:
+        if stop > end:
+            busy += stop - max(start, end)
+            end = stop
+    return {
+        "steps": round(steps, 3),
+        "span_us": (end - intervals[0][0]) / steps,
+        "busy_us": busy / steps,
+        "kernel_sum_us": sum(us for us, _ in table.values()) / steps,
+        "launches": sum(n for _, n in table.values()) / steps,
+        "streams_us": {k: v / steps for k, v in sorted(streams.items())},
+        "kernels": [
+            {"kernel": name, "us": us / steps, "launches": n / steps}
+            for name, (us, n) in sorted(table.items(), key=lambda kv: -kv[1][0])
+        ],
+    }
+
+
+def read_trace(folder: Path, since: float) -> list[dict]:
+    """The events of the newest trace vLLM's profiler wrote in ``folder`` after
+    ``since`` (waits up to a minute: the worker writes it when it stops)."""
+    import gzip
+
+    deadline = time.time() + 60
+    while True:
+        traces = [f for f in folder.glob("*.pt.trace.json*") if f.stat().st_mtime >= since]
+        if traces:
+            newest = max(traces, key=lambda f: f.stat().st_mtime)
+            opener = gzip.open if newest.suffix == ".gz" else open
+            try:
+                with opener(newest, "rt") as f:
+                    return json.load(f)["traceEvents"]
+            except (OSError, EOFError, json.JSONDecodeError):
+                pass  # still being written
+        if time.time() > deadline:
+            raise RuntimeError(f"no complete profiler trace in {folder}")
+        time.sleep(2)
+
+
+def profile_batches(args, llm, base: dict, moe_layers: int) -> None:
+    """The profile workload: PROFILE_STEPS decode steps per batch size."""
+    folder = Path(args.profile_dir)
+    for batch in args.batches:
+        requests = prompts(batch, args.itl_prompt, 3, args.vocab)
+        generate(llm, requests, 8)  # warm-up at this size
+        since = time.time()
+        llm.start_profile(delay_iterations=PROFILE_DELAY, max_iterations=PROFILE_STEPS)
+        generate(llm, requests, PROFILE_DELAY + PROFILE_STEPS + 8)
+        llm.stop_profile()
+        if args.tiny:  # CPU: no kernels to count
+            continue
+        table = step_profile(read_trace(folder, since), moe_layers)
+        table["kernels"] = table["kernels"][:60]
+        emit({**base, "scenario": "e2e_profile", "batch": batch, **table})
 
 
 def probe(args) -> None:
@@ -317,6 +420,8 @@ def run_worker(args, variant: dict, round_: int, model: Path, probe_mode: bool) 
         str(args.ttft_prompt),
         "--gpu-memory-utilization",
         str(args.gpu_memory_utilization),
+        "--profile-dir",
+        str(Path(args.profile_dir).resolve() / f"{variant['name']}-{round_}"),
         *(["--probe"] if probe_mode else []),
         *(["--tiny"] if args.tiny else []),
     ]
@@ -356,7 +461,9 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["off", "fused,replicas=1"])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--first-round", type=int, default=0, help="number of the first round")
-    parser.add_argument("--workloads", nargs="+", default=["itl", "throughput"])
+    parser.add_argument(
+        "--workloads", nargs="+", default=["itl", "throughput"], choices=WORKLOAD_NAMES
+    )
     parser.add_argument("--batches", nargs="+", type=int, default=BATCHES)
     parser.add_argument("--layers", type=int, default=61)
     parser.add_argument("--shard", type=int, default=8)
@@ -367,6 +474,9 @@ def main() -> None:
     parser.add_argument("--probe", action="store_true", help="distinct experts per step")
     parser.add_argument("--tiny", action="store_true", help="CPU-sized smoke run")
     parser.add_argument("--out", default="e2e.jsonl")
+    parser.add_argument(
+        "--profile-dir", default="e2e-profiles", help="profile workload: where traces go"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)

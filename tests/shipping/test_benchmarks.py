@@ -240,3 +240,60 @@ def test_routing_agreement_catches_differences() -> None:
     assert routing.agree((weights, other), (weights, ids)) == "experts differ in 1 token(s)"
     assert "weights differ by" in routing.agree((weights + 1e-3, ids), (weights, ids))
     assert "shape" in routing.agree((weights[:, :2], ids[:, :2]), (weights, ids))
+
+
+def _kernel(name: str, ts: float, dur: float, stream: int = 7) -> dict:
+    return {
+        "ph": "X",
+        "cat": "kernel",
+        "name": name,
+        "ts": ts,
+        "dur": dur,
+        "args": {"stream": stream},
+    }
+
+
+def test_engine_step_profile_counts_steps_by_the_routing_kernel() -> None:
+    from benchmarks import e2e
+
+    # Two decode steps of a model with two MoE layers: per layer a routing launch and a GEMM,
+    # the shared expert's GEMM beside it on another stream; a CPU event that must not count.
+    events, t = (
+        [{"ph": "X", "cat": "cuda_runtime", "name": "cudaGraphLaunch", "ts": 0, "dur": 9}],
+        0.0,
+    )
+    for _step in range(2):
+        for _layer in range(2):
+            events.append(_kernel("void vllm::moe::grouped_topk_kernel", t, 2.0))
+            events.append(_kernel("fused_moe_kernel", t + 2.0, 10.0))
+            events.append(_kernel("shared_gemm", t + 3.0, 4.0, stream=9))
+            t += 20.0  # 8 us idle per layer
+    table = e2e.step_profile(events, moe_layers=2)
+    assert table["steps"] == 2
+    assert table["kernel_sum_us"] == pytest.approx(2 * (2 + 10 + 4))
+    assert table["busy_us"] == pytest.approx(2 * 12)  # the shared GEMM overlaps
+    assert table["span_us"] == pytest.approx((20 * 3 + 12) / 2)
+    assert table["launches"] == 6
+    assert table["streams_us"] == {"7": 24.0, "9": 8.0}
+    assert [k["kernel"] for k in table["kernels"]] == [
+        "fused_moe_kernel",
+        "shared_gemm",
+        "void vllm::moe::grouped_topk_kernel",
+    ]
+    assert table["kernels"][0] == {"kernel": "fused_moe_kernel", "us": 20.0, "launches": 2.0}
+    # A window that cut a step shows as a fraction; less than a step is an error.
+    assert e2e.step_profile(events[:-3], moe_layers=2)["steps"] == 1.5
+    with pytest.raises(ValueError, match="routing launches"):
+        e2e.step_profile(events[:4], moe_layers=2)
+
+
+def test_e2e_refuses_an_unknown_workload() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.e2e", "--workloads", "itl", "profiles"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "--workloads" in result.stderr
+    assert "profiles" in result.stderr
