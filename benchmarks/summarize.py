@@ -36,6 +36,7 @@ DAY10 = "2026-12-03"  # the thirteenth session: sef8 (patches 0011-0012, down-pr
 DAY11 = "2026-12-03"  # the fourteenth session: sef8 throughput, in-GEMM input quantization re-tried
 DAY12 = "2026-12-04"  # the fifteenth session: sef9 (patch 0013, quantize + align in one launch)
 DAY13 = "2026-12-04"  # sixteenth session: sef9 A B A B, sef10 (patch 0014, moe_sum in Triton)
+DAY14 = "2026-12-04"  # seventeenth session: sef10 A B A B with the engine-step profile
 
 
 def layer_rows() -> list[dict]:
@@ -228,6 +229,14 @@ def e2e_rows() -> list[dict]:
             date=DAY13,
             prefix_caching=False,
         )
+        + realistic_rows(
+            REALISTIC_SEF10_ABAB,
+            "e2e_dsv3_tp8_rank_fp8_realistic_sef10_abab",
+            set(),
+            date=DAY14,
+            prefix_caching=False,
+        )
+        + engine_step_rows(REALISTIC_SEF10_ABAB, "e2e_step_sef10", DAY14)
     )
 
 
@@ -284,6 +293,12 @@ REALISTIC_SEF9 = ["e2e_realistic_sef9"]
 # TTFT, two repetitions per process, one device call per process but the last pair (one call),
 # processes fused, stock, fused, stock, off, fused, stock, off on one lease.
 REALISTIC_SEF9_ABAB = ["e2e_realistic_sef9_abab"]
+# sef10 (sef9 + patch 0014: the top-k sum in a Triton launch), batches 1, 4 and 16, ITL and TTFT
+# (two repetitions per process), then the profile workload (24 decode steps per batch under
+# torch.profiler in the engine) in the same process: processes fused, stock, fused, stock, off on
+# one lease (fused 0 alone in a call, then two per call); the call of a second off process and a
+# third fused one was lost with the machine (it stopped answering).
+REALISTIC_SEF10_ABAB = ["e2e_realistic_sef10_abab"]
 
 
 def realistic_rows(
@@ -306,6 +321,8 @@ def realistic_rows(
     processes: dict[tuple, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for file in files:
         for r in map(json.loads, (RAW / f"{file}.jsonl").read_text().splitlines()):
+            if r["scenario"] == "e2e_profile":  # engine_step_rows
+                continue
             key = (r["scenario"], r["metric"], r.get("batch"), r.get("workload"))
             kept = r["values"][1:] if r["metric"] in cold_first else r["values"]
             values[key][r["variant"]].extend(kept)
@@ -349,6 +366,49 @@ def realistic_rows(
     return rows
 
 
+def engine_step_rows(files: list[str], name: str, date: str) -> list[dict]:
+    """Rows of benchmarks/e2e.py's profile workload: per decode step, the GPU's busy time (the
+    union of the kernels' intervals; ``measure`` "busy") and the span from the first kernel's start
+    to the last one's end ("span"), median over processes; scenario ``name``_busy / _span."""
+    distinct = {
+        r["batch"]: round(r["mean"], 1)
+        for r in map(json.loads, (RAW / "routing_probe_sef2.jsonl").read_text().splitlines())
+    }
+    values: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for file in files:
+        for r in map(json.loads, (RAW / f"{file}.jsonl").read_text().splitlines()):
+            if r["scenario"] != "e2e_profile":
+                continue
+            for measure in ("busy", "span"):
+                values[(measure, r["batch"])][r["variant"]].append(r[f"{measure}_us"])
+    rows = []
+    for (measure, batch), sides in sorted(values.items()):
+        stock, fused = statistics.median(sides["stock"]), statistics.median(sides["fused"])
+        rows.append(
+            {
+                "scenario": f"{name}_{measure}",
+                "dtype": "fp8",
+                "tp_equiv": 8,
+                "batch": batch,
+                "metric": "step_us",
+                "measure": measure,
+                "stock": round(stock, 1),
+                "fused": round(fused, 1),
+                "ratio": round(fused / stock, 3),
+                "fused_setting": "1",
+                "stock_values": [round(v, 1) for v in sides["stock"]],
+                "fused_values": [round(v, 1) for v in sides["fused"]],
+                **off_columns(sides["off"], stock),
+                "routing": "realistic",
+                "distinct_experts": distinct[batch],
+                "gpu": GPU,
+                "vllm": VLLM,
+                "date": date,
+            }
+        )
+    return rows
+
+
 def off_columns(values: list[float], stock: float) -> dict:
     """The series with fusion off beside stock and fused, where a run measured it."""
     if not values:
@@ -368,6 +428,12 @@ CACHED_TTFT = "hits: the same prompts each repetition, prefix caching on"
 
 RATIO_LINES = [
     # scenario, dtype, TP equivalent, label
+    (
+        "e2e_dsv3_tp8_rank_fp8_realistic_sef10_abab",
+        "fp8",
+        8,
+        "end-to-end decode ITL, FP8, TP8 rank, realistic routing, sef10, A B A B (1-16)",
+    ),
     (
         "e2e_dsv3_tp8_rank_fp8_realistic_sef9_abab",
         "fp8",

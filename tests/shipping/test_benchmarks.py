@@ -31,7 +31,7 @@ def test_summary_rows_have_the_agreed_format() -> None:
     rows = json.loads((ROOT / "benchmarks" / "results" / "summary.json").read_text())
     for row in rows:
         assert set(row) >= ROW_KEYS, row
-        assert row["metric"] in {"itl_ms", "ttft_ms", "moe_us", "tok_s"}
+        assert row["metric"] in {"itl_ms", "ttft_ms", "moe_us", "tok_s", "step_us"}
         assert row["ratio"] == pytest.approx(row["fused"] / row["stock"], abs=2e-3)
         if row["scenario"].startswith("e2e") or row["scenario"] == "throughput":
             assert row["routing"] in {"dummy", "realistic"}, row
@@ -77,6 +77,9 @@ def test_summary_rows_have_the_agreed_format() -> None:
         assert (f"moe_layer_tiles_w2_{variant}", "fp8", 8) in scenarios
     assert ("moe_layer_tiles_w13_fused", "fp8", 8) in scenarios
     assert ("e2e_dsv3_tp8_rank_fp8_realistic_sef8", "fp8", 8) in scenarios
+    # sef10 A B A B, with the engine's GPU busy time and span per decode step.
+    assert ("e2e_dsv3_tp8_rank_fp8_realistic_sef10_abab", "fp8", 8) in scenarios
+    assert ("e2e_step_sef10_busy", "fp8", 8) in scenarios
     for row in rows:
         if "off" in row:
             assert row["off_ratio"] == pytest.approx(row["off"] / row["stock"], abs=2e-3), row
