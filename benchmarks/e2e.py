@@ -14,13 +14,19 @@ unit-RMS MoE input have std 1.5; correction bias N(0, 0.05^2)) and every RMSNorm
 weight is 1, so the MoE input has unit RMS. --probe runs one eager process that
 records the distinct experts per MoE layer per decode step at each batch size.
 
-Variants: NAME[,replicas=R][,site=DIR]; site is prepended to PYTHONPATH (stock
-vLLM lives in another site than the patched one). Processes alternate: each
-round runs every variant once, so a slow process cannot favour one variant.
+Variants: NAME[,replicas=R][,site=DIR][,set=MODULE.NAME=VALUE ...]; site is
+prepended to PYTHONPATH (stock vLLM lives in another site than the patched one);
+set gives a module constant another value in every process of the variant, the
+engine's included (benchmarks/constants_site; checked in the engine before the
+measurements), e.g. to move a threshold the CUDA graphs' capture bakes in.
+Processes alternate: each round runs every variant once, so a slow process cannot
+favour one variant.
 
     python -m benchmarks.e2e --variants stock,site=/root/stock-site off fused,replicas=1 \\
         --rounds 2 --workloads itl throughput --out e2e.jsonl
     python -m benchmarks.e2e --probe --out probe.jsonl
+    python -m benchmarks.e2e --variants fused,replicas=1 fused_aux,replicas=1,set=\
+vllm.model_executor.layers.fused_moe.experts.triton_moe.FUSED_SHARED_STREAM_MIN_TOKENS=1
 
 Prefix caching is off: the repetitions send the same prompts, and before 2026-12-02 (sef5)
 vLLM's default prefix caching served their prefill from the cache after the first repetition,
@@ -55,9 +61,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.realistic_routing import realistic_routing
+from benchmarks.in_engine import engine_constants, realistic_routing
 
 ROOT = Path(__file__).resolve().parents[1]
+# The sitecustomize that applies a variant's set= options in each of its processes.
+CONSTANTS_SITE = Path(__file__).resolve().parent / "constants_site"
 
 BATCHES = [1, 4, 16, 64, 256]
 WORKLOAD_NAMES = ("itl", "throughput", "profile")
@@ -216,6 +224,15 @@ def measure(args) -> None:
         "routing": "realistic",
         "startup_s": round(time.time() - began, 1),
     }
+    if os.environ.get("SEF_SET_CONSTANTS"):
+        wanted = {
+            f"{module}.{name}": value
+            for module, name, value in json.loads(os.environ["SEF_SET_CONSTANTS"])
+        }
+        found = llm.apply_model(engine_constants)[0]
+        if found != wanted:
+            raise SystemExit(f"set= in the engine: wanted {wanted}, found {found}")
+        base["constants"] = wanted
     generate(llm, prompts(8, 64, 99, args.vocab), 16)  # warm-up, dropped
     if "itl" in args.workloads:
         for batch in args.batches:
@@ -388,7 +405,7 @@ def run_worker(args, variant: dict, round_: int, model: Path, probe_mode: bool) 
     env = dict(
         os.environ,
         VLLM_SHARED_EXPERT_FUSION_REPLICAS=variant.get("replicas", "0"),
-        # apply_model sends realistic_routing to the engine process, which
+        # apply_model sends benchmarks.in_engine functions to the engine, which
         # imports it from this repository.
         VLLM_ALLOW_INSECURE_SERIALIZATION="1",
         PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
@@ -397,6 +414,9 @@ def run_worker(args, variant: dict, round_: int, model: Path, probe_mode: bool) 
         env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     if "site" in variant:
         env["PYTHONPATH"] = os.pathsep.join([variant["site"], env.get("PYTHONPATH", "")])
+    if variant.get("set"):
+        env["SEF_SET_CONSTANTS"] = json.dumps(variant["set"])
+        env["PYTHONPATH"] = os.pathsep.join([str(CONSTANTS_SITE), env["PYTHONPATH"]])
     cmd = [
         sys.executable,
         "-m",
@@ -446,13 +466,30 @@ def run_worker(args, variant: dict, round_: int, model: Path, probe_mode: bool) 
 
 
 def parse_variant(text: str) -> dict:
+    import ast
+
     name, *options = text.split(",")
-    variant = {"name": name}
+    variant: dict = {"name": name}
+    usage = "replicas=R, site=DIR, set=MODULE.NAME=VALUE"
     for option in options:
         key, _, value = option.partition("=")
-        if key not in ("replicas", "site") or not value:
-            raise SystemExit(f"bad variant option {option!r} in {text!r} (replicas=R, site=DIR)")
-        variant[key] = value
+        if key not in ("replicas", "site", "set") or not value:
+            raise SystemExit(f"bad variant option {option!r} in {text!r} ({usage})")
+        if key != "set":
+            variant[key] = value
+            continue
+        target, _, literal = value.partition("=")
+        module, _, constant = target.rpartition(".")
+        try:
+            parsed = ast.literal_eval(literal)
+        except (ValueError, SyntaxError):
+            parsed = None
+        if not module or not constant or parsed is None:
+            raise SystemExit(
+                f"bad set option {option!r} in {text!r}: set=MODULE.NAME=VALUE, VALUE a "
+                "Python literal"
+            )
+        variant.setdefault("set", []).append([module, constant, parsed])
     return variant
 
 

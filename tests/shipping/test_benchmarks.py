@@ -300,3 +300,67 @@ def test_e2e_refuses_an_unknown_workload() -> None:
     assert result.returncode == 2
     assert "--workloads" in result.stderr
     assert "profiles" in result.stderr
+
+
+def test_variant_set_options_parse_into_module_constants() -> None:
+    from benchmarks import e2e
+
+    variant = e2e.parse_variant("aux,replicas=1,set=a.b.LIMIT=1,set=a.c.NAME='x'")
+    assert variant == {
+        "name": "aux",
+        "replicas": "1",
+        "set": [["a.b", "LIMIT", 1], ["a.c", "NAME", "x"]],
+    }
+    for bad in ("v,set=LIMIT=1", "v,set=a.LIMIT=", "v,set=a.LIMIT=one", "v,sets=a.B=1"):
+        with pytest.raises(SystemExit, match=r"set=MODULE\.NAME=VALUE"):
+            e2e.parse_variant(bad)
+
+
+SET_CHILD = """
+import json, multiprocessing as mp, sys
+
+def read(q):
+    import colorsys
+    q.put(colorsys.ONE_THIRD)
+
+if __name__ == "__main__":
+    import colorsys
+    ctx = mp.get_context("spawn")  # a fresh interpreter, as vLLM's engine process can be
+    q = ctx.Queue()
+    p = ctx.Process(target=read, args=(q,))
+    p.start()
+    print(json.dumps([colorsys.ONE_THIRD, q.get(timeout=60)]))
+    p.join()
+"""
+
+
+def test_constants_site_sets_the_constant_in_every_process(tmp_path) -> None:
+    from benchmarks import e2e
+
+    script = tmp_path / "child.py"
+    script.write_text(SET_CHILD)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(e2e.CONSTANTS_SITE),
+        "SEF_SET_CONSTANTS": json.dumps([["colorsys", "ONE_THIRD", 0.5]]),
+    }
+    out = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert json.loads(out) == [0.5, 0.5]
+    # What the worker checks in the engine: the values where they are read.
+    import colorsys
+
+    from benchmarks import in_engine
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SEF_SET_CONSTANTS", json.dumps([["colorsys", "ONE_THIRD", 0.5]]))
+        assert in_engine.engine_constants(None) == {"colorsys.ONE_THIRD": colorsys.ONE_THIRD}
+        assert e2e.engine_constants is in_engine.engine_constants  # sent by reference
+    # A name the module does not define is an error that names it.
+    env["SEF_SET_CONSTANTS"] = json.dumps([["colorsys", "ONE_THIRDS", 0.5]])
+    failed = subprocess.run(
+        [sys.executable, "-c", "import colorsys"], env=env, capture_output=True, text=True
+    )
+    assert failed.returncode != 0
+    assert "colorsys defines no ONE_THIRDS" in failed.stderr

@@ -1,13 +1,19 @@
-"""Trained-scale routers for a model with vLLM's dummy weights (benchmarks/e2e.py).
+"""What benchmarks/e2e.py runs inside vLLM's engine process (LLM.apply_model sends a
+function by reference, and the engine imports it from here: a module of its own, since the
+worker's functions live in __main__).
 
-vLLM's dummy loader fills every tensor with uniform(-1e-3, 1e-3) from one
-seed: router logits then differ by ~1e-5 while the correction bias differs by
-~1e-3, so the bias picks the same ~9 experts for every token. A module of its
-own, so that LLM.apply_model can send the function to vLLM's engine process,
-which imports it from here.
+realistic_routing: trained-scale routers for a model with vLLM's dummy weights. vLLM's dummy
+loader fills every tensor with uniform(-1e-3, 1e-3) from one seed: router logits then differ by
+~1e-5 while the correction bias differs by ~1e-3, so the bias picks the same ~9 experts for every
+token. engine_constants: the module constants a variant's set= options gave other values
+(benchmarks/constants_site), read where the kernels run.
 """
 
 from __future__ import annotations
+
+import json
+import os
+import sys
 
 # Logits of the unit-RMS MoE input spread with this std, as a trained router's.
 ROUTER_LOGIT_STD = 1.5
@@ -42,3 +48,13 @@ def realistic_routing(model) -> dict[str, int]:
         gate.weight.data.copy_((weight * (ROUTER_LOGIT_STD / hidden**0.5)).to(gate.weight.dtype))
         counts["gates_reset"] += 1
     return counts
+
+
+def engine_constants(model) -> dict[str, object]:
+    """The values of SEF_SET_CONSTANTS' module constants in the process this runs in; a module
+    not imported there reads as None."""
+    values = {}
+    for module, name, _ in json.loads(os.environ.get("SEF_SET_CONSTANTS", "[]")):
+        loaded = sys.modules.get(module)
+        values[f"{module}.{name}"] = getattr(loaded, name) if loaded else None
+    return values
