@@ -26,7 +26,7 @@ favour one variant.
         --rounds 2 --workloads itl throughput --out e2e.jsonl
     python -m benchmarks.e2e --probe --out probe.jsonl
     python -m benchmarks.e2e --variants fused,replicas=1 fused_aux,replicas=1,set=\
-vllm.model_executor.layers.fused_moe.experts.triton_moe.FUSED_SHARED_STREAM_MIN_TOKENS=1
+vllm.model_executor.layers.fused_moe.experts.triton_moe.FUSED_SHARED_STREAM_MIN_TOKENS=16
 
 Prefix caching is off: the repetitions send the same prompts, and before 2026-12-02 (sef5)
 vLLM's default prefix caching served their prefill from the cache after the first repetition,
