@@ -43,9 +43,11 @@ Per process, after warm-up generates that are dropped (each shape once):
   generated tokens per second of LLM.generate, median of --reps.
 - profile: per batch B, torch.profiler (through vLLM's profiler, in the engine)
   over PROFILE_STEPS decode steps of B requests, after PROFILE_DELAY steps (the
-  prefill and the first decode steps stay out): each kernel's device time and
-  launches per step, the kernels' union per step (the GPU's busy time) and the
-  steps' span. Steps are counted by the routing kernel (one launch per MoE layer
+  prefill and the first decode steps stay out): each kernel's device time,
+  launches and share of the busy time per step (what it adds beyond the kernels
+  started before it: a programmatic dependent's wait and a kernel hidden beside
+  another on the auxiliary stream add nothing), the kernels' union per step (the
+  GPU's busy time) and the steps' span. Steps are counted by the routing kernel (one launch per MoE layer
   per step). Run after itl in the same process, so it does not disturb it.
 """
 
@@ -288,11 +290,17 @@ def measure(args) -> None:
 
 
 def step_profile(events: list[dict], moe_layers: int) -> dict:
-    """Per decode step, from a torch.profiler trace's events: each kernel's device time
-    and launches, the kernels' sum, their union (the GPU's busy time) and the span from
-    the first kernel's start to the last one's end. The steps are the routing kernel's
-    launches over ``moe_layers``."""
-    kernels = [e for e in events if e.get("cat") == "kernel" and e.get("ph") == "X"]
+    """Per decode step, from a torch.profiler trace's events: each kernel's device time,
+    launches and busy share, the kernels' sum, their union (the GPU's busy time) and the span
+    from the first kernel's start to the last one's end. A kernel's busy share is the part of its
+    intervals that no kernel started before it covers: the shares add up to the busy time, and a
+    programmatic dependent that waits for its primary (its duration counts the wait) or a kernel
+    beside another on a second stream gets only what it adds. The steps are the routing
+    kernel's launches over ``moe_layers``."""
+    kernels = sorted(
+        (e for e in events if e.get("cat") == "kernel" and e.get("ph") == "X"),
+        key=lambda e: (e["ts"], e["ts"] + e["dur"]),
+    )
     routing = sum(1 for e in kernels if ROUTING_KERNEL in e["name"])
     if routing < moe_layers:
         raise ValueError(f"{routing} routing launches in the trace: not one decode step")
@@ -300,28 +308,28 @@ def step_profile(events: list[dict], moe_layers: int) -> dict:
     steps = routing / moe_layers
     table: dict[str, list[float]] = {}
     streams: dict[str, float] = {}
-    intervals = sorted((e["ts"], e["ts"] + e["dur"]) for e in kernels)
+    busy, end = 0.0, -float("inf")
     for e in kernels:
-        row = table.setdefault(e["name"], [0.0, 0])
+        start, stop = e["ts"], e["ts"] + e["dur"]
+        added = max(0.0, stop - max(start, end))
+        busy += added
+        end = max(end, stop)
+        row = table.setdefault(e["name"], [0.0, 0, 0.0])
         row[0] += e["dur"]
         row[1] += 1
+        row[2] += added
         stream = str(e.get("args", {}).get("stream", "?"))
         streams[stream] = streams.get(stream, 0.0) + e["dur"]
-    busy, end = 0.0, -float("inf")
-    for start, stop in intervals:
-        if stop > end:
-            busy += stop - max(start, end)
-            end = stop
     return {
         "steps": round(steps, 3),
-        "span_us": (end - intervals[0][0]) / steps,
+        "span_us": (end - kernels[0]["ts"]) / steps,
         "busy_us": busy / steps,
-        "kernel_sum_us": sum(us for us, _ in table.values()) / steps,
-        "launches": sum(n for _, n in table.values()) / steps,
+        "kernel_sum_us": sum(row[0] for row in table.values()) / steps,
+        "launches": sum(row[1] for row in table.values()) / steps,
         "streams_us": {k: v / steps for k, v in sorted(streams.items())},
         "kernels": [
-            {"kernel": name, "us": us / steps, "launches": n / steps}
-            for name, (us, n) in sorted(table.items(), key=lambda kv: -kv[1][0])
+            {"kernel": name, "us": us / steps, "launches": n / steps, "busy_us": added / steps}
+            for name, (us, n, added) in sorted(table.items(), key=lambda kv: -kv[1][2])
         ],
     }
 

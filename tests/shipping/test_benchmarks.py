@@ -278,12 +278,24 @@ def test_engine_step_profile_counts_steps_by_the_routing_kernel() -> None:
     assert table["span_us"] == pytest.approx((20 * 3 + 12) / 2)
     assert table["launches"] == 6
     assert table["streams_us"] == {"7": 24.0, "9": 8.0}
-    assert [k["kernel"] for k in table["kernels"]] == [
-        "fused_moe_kernel",
-        "shared_gemm",
-        "void vllm::moe::grouped_topk_kernel",
+    # By busy share: the shared GEMM beside the routed one adds nothing to the busy time.
+    assert [(k["kernel"], k["busy_us"]) for k in table["kernels"]] == [
+        ("fused_moe_kernel", 20.0),
+        ("void vllm::moe::grouped_topk_kernel", 4.0),
+        ("shared_gemm", 0.0),
     ]
-    assert table["kernels"][0] == {"kernel": "fused_moe_kernel", "us": 20.0, "launches": 2.0}
+    assert table["kernels"][0]["us"] == 20.0
+    assert table["kernels"][0]["launches"] == 2.0
+    assert table["kernels"][2]["us"] == 8.0
+    # A programmatic dependent starts while its primary runs and waits: its duration counts the
+    # wait, its busy share only the work after the primary's end.
+    pdl = [
+        _kernel("grouped_topk", 0.0, 2.0),
+        _kernel("gemm", 2.0, 10.0),
+        _kernel("activation", 3.0, 10.0),  # waits 9 us, works 1 us
+    ]
+    shares = {k["kernel"]: k["busy_us"] for k in e2e.step_profile(pdl, 1)["kernels"]}
+    assert shares == {"gemm": 10.0, "grouped_topk": 2.0, "activation": 1.0}
     # A window that cut a step shows as a fraction; less than a step is an error.
     assert e2e.step_profile(events[:-3], moe_layers=2)["steps"] == 1.5
     with pytest.raises(ValueError, match="routing launches"):
