@@ -47,8 +47,9 @@ Per process, after warm-up generates that are dropped (each shape once):
   launches and share of the busy time per step (what it adds beyond the kernels
   started before it: a programmatic dependent's wait and a kernel hidden beside
   another on the auxiliary stream add nothing), the kernels' union per step (the
-  GPU's busy time) and the steps' span. Steps are counted by the routing kernel (one launch per MoE layer
-  per step). Run after itl in the same process, so it does not disturb it.
+  GPU's busy time) and the steps' span. Steps are counted by the routing kernel
+  (one launch per MoE layer per step). Run after itl in the same process, so it
+  does not disturb it.
 """
 
 from __future__ import annotations
