@@ -301,6 +301,30 @@ REALISTIC_SEF9_ABAB = ["e2e_realistic_sef9_abab"]
 REALISTIC_SEF10_ABAB = ["e2e_realistic_sef10_abab"]
 
 
+def probe_distinct() -> dict[int, float]:
+    """The mean distinct experts per MoE layer per decode step by batch size, from the routing
+    probe of the realistic routers (``benchmarks/e2e.py --probe``)."""
+    return {
+        r["batch"]: round(r["mean"], 1)
+        for r in map(json.loads, (RAW / "routing_probe_sef2.jsonl").read_text().splitlines())
+    }
+
+
+def side_columns(sides: dict[str, list[float]], digits: int) -> dict:
+    """``stock`` and ``fused``: the medians of each variant's repetitions, their ratio and the
+    values, rounded to ``digits``."""
+    stock, fused = statistics.median(sides["stock"]), statistics.median(sides["fused"])
+    return {
+        "stock": round(stock, digits),
+        "fused": round(fused, digits),
+        # tokens/s: higher is better, the ratio stays fused / stock.
+        "ratio": round(fused / stock, 3),
+        "fused_setting": "1",
+        "stock_values": [round(v, digits) for v in sides["stock"]],
+        "fused_values": [round(v, digits) for v in sides["fused"]],
+    }
+
+
 def realistic_rows(
     files: list[str],
     name: str,
@@ -313,10 +337,7 @@ def realistic_rows(
     rows named ``throughput``. ``prefix_caching``: the run had vLLM's prefix caching on (the
     script did until sef5), so its TTFT repetitions after each batch's first were cache hits:
     those rows say so."""
-    distinct = {
-        r["batch"]: round(r["mean"], 1)
-        for r in map(json.loads, (RAW / "routing_probe_sef2.jsonl").read_text().splitlines())
-    }
+    distinct = probe_distinct()
     values: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     processes: dict[tuple, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for file in files:
@@ -333,22 +354,15 @@ def realistic_rows(
         sides = values[key]
         if "stock" not in sides or "fused" not in sides:
             continue
-        stock, fused = statistics.median(sides["stock"]), statistics.median(sides["fused"])
         row = {
             "scenario": name if scenario == "e2e" else throughput,
             "dtype": "fp8",
             "tp_equiv": 8,
             "batch": batch if batch is not None else WORKLOAD_REQUESTS[workload],
             "metric": metric,
-            "stock": round(stock, 3),
-            "fused": round(fused, 3),
-            # tokens/s: higher is better, the ratio stays fused / stock.
-            "ratio": round(fused / stock, 3),
-            "fused_setting": "1",
-            "stock_values": [round(v, 3) for v in sides["stock"]],
-            "fused_values": [round(v, 3) for v in sides["fused"]],
+            **side_columns(sides, 3),
             "processes": dict(processes[key]),
-            **off_columns(sides["off"], stock),
+            **off_columns(sides["off"], statistics.median(sides["stock"])),
             "routing": "realistic",
             "gpu": GPU,
             "vllm": VLLM,
@@ -370,10 +384,7 @@ def engine_step_rows(files: list[str], name: str, date: str) -> list[dict]:
     """Rows of benchmarks/e2e.py's profile workload: per decode step, the GPU's busy time (the
     union of the kernels' intervals; ``measure`` "busy") and the span from the first kernel's start
     to the last one's end ("span"), median over processes; scenario ``name``_busy / _span."""
-    distinct = {
-        r["batch"]: round(r["mean"], 1)
-        for r in map(json.loads, (RAW / "routing_probe_sef2.jsonl").read_text().splitlines())
-    }
+    distinct = probe_distinct()
     values: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for file in files:
         for r in map(json.loads, (RAW / f"{file}.jsonl").read_text().splitlines()):
@@ -383,7 +394,6 @@ def engine_step_rows(files: list[str], name: str, date: str) -> list[dict]:
                 values[(measure, r["batch"])][r["variant"]].append(r[f"{measure}_us"])
     rows = []
     for (measure, batch), sides in sorted(values.items()):
-        stock, fused = statistics.median(sides["stock"]), statistics.median(sides["fused"])
         rows.append(
             {
                 "scenario": f"{name}_{measure}",
@@ -392,13 +402,8 @@ def engine_step_rows(files: list[str], name: str, date: str) -> list[dict]:
                 "batch": batch,
                 "metric": "step_us",
                 "measure": measure,
-                "stock": round(stock, 1),
-                "fused": round(fused, 1),
-                "ratio": round(fused / stock, 3),
-                "fused_setting": "1",
-                "stock_values": [round(v, 1) for v in sides["stock"]],
-                "fused_values": [round(v, 1) for v in sides["fused"]],
-                **off_columns(sides["off"], stock),
+                **side_columns(sides, 1),
+                **off_columns(sides["off"], statistics.median(sides["stock"])),
                 "routing": "realistic",
                 "distinct_experts": distinct[batch],
                 "gpu": GPU,
