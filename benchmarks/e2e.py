@@ -449,8 +449,11 @@ def run_worker(args, variant: dict, round_: int, model: Path, probe_mode: bool) 
         str(args.ttft_prompt),
         "--gpu-memory-utilization",
         str(args.gpu_memory_utilization),
-        "--profile-dir",
-        str(Path(args.profile_dir).resolve() / f"{variant['name']}-{round_}"),
+        *(
+            ["--profile-dir", str(Path(args.profile_dir).resolve() / f"{variant['name']}-{round_}")]
+            if args.profile_dir
+            else []
+        ),
         *(["--probe"] if probe_mode else []),
         *(["--tiny"] if args.tiny else []),
     ]
@@ -521,13 +524,16 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="CPU-sized smoke run")
     parser.add_argument("--out", default="e2e.jsonl")
     parser.add_argument(
-        "--profile-dir", default="e2e-profiles", help="profile workload: where traces go"
+        "--profile-dir",
+        help="profile workload: where the traces go (default: a new temporary folder)",
     )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--round", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.profile_dir is None and "profile" in args.workloads:
+        args.profile_dir = tempfile.mkdtemp(prefix="e2e-profiles-")
     args.vocab = TINY["vocab_size"] if args.tiny else 16000
     if args.worker:
         probe(args) if args.probe else measure(args)
