@@ -64,7 +64,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.in_engine import engine_constants, realistic_routing
+from benchmarks.in_engine import engine_constants, realistic_routing, wanted_constants
 
 ROOT = Path(__file__).resolve().parents[1]
 # The sitecustomize that applies a variant's set= options in each of its processes.
@@ -157,7 +157,8 @@ def write_config(out: Path, layers: int, shard: int = 8, tiny: bool = False) -> 
     return out
 
 
-def make_llm(args, **overrides):
+def make_llm(args, **overrides) -> tuple:
+    """The engine with realistic routers, and its number of MoE layers."""
     from vllm import LLM
 
     kwargs = dict(
@@ -191,8 +192,7 @@ def make_llm(args, **overrides):
     print(f"realistic routing: {counts}", flush=True)
     assert counts["moe_layers"] > 0, "no MoE layer found"
     assert args.tiny or counts["gates_reset"] == counts["moe_layers"], counts
-    args.moe_layers = counts["moe_layers"]
-    return llm
+    return llm, counts["moe_layers"]
 
 
 def prompts(n: int, length: int, seed: int, vocab: int = 16000) -> list[dict]:
@@ -220,18 +220,15 @@ def emit(row: dict) -> None:
 def measure(args) -> None:
     """One process of one variant (--worker)."""
     began = time.time()
-    llm = make_llm(args)
+    llm, moe_layers = make_llm(args)
     base = {
         "variant": args.variant,
         "round": args.round,
         "routing": "realistic",
         "startup_s": round(time.time() - began, 1),
     }
-    if os.environ.get("SEF_SET_CONSTANTS"):
-        wanted = {
-            f"{module}.{name}": value
-            for module, name, value in json.loads(os.environ["SEF_SET_CONSTANTS"])
-        }
+    wanted = wanted_constants()
+    if wanted:
         found = llm.apply_model(engine_constants)[0]
         if found != wanted:
             raise SystemExit(f"set= in the engine: wanted {wanted}, found {found}")
@@ -267,7 +264,7 @@ def measure(args) -> None:
                     }
                 )
     if "profile" in args.workloads:
-        profile_batches(args, llm, base, args.moe_layers)
+        profile_batches(args, llm, base, moe_layers)
     if "throughput" in args.workloads:
         for workload, (n, prompt_len, gen_len) in WORKLOADS.items():
             if args.tiny:
@@ -389,7 +386,7 @@ def probe(args) -> None:
         return weights, ids
 
     base_router.BaseRouter._select_experts = counting
-    llm = make_llm(args, enforce_eager=True)
+    llm, _ = make_llm(args, enforce_eager=True)
     for batch in args.batches:
         generate(llm, prompts(batch, 16, 5, args.vocab), 4)  # prefills: batch * 16 tokens
         seen.clear()

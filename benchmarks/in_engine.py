@@ -50,11 +50,20 @@ def realistic_routing(model) -> dict[str, int]:
     return counts
 
 
+def wanted_constants() -> dict[str, object]:
+    """SEF_SET_CONSTANTS (benchmarks/constants_site) as {"MODULE.NAME": value}."""
+    return {
+        f"{module}.{name}": value
+        for module, name, value in json.loads(os.environ.get("SEF_SET_CONSTANTS", "[]"))
+    }
+
+
 def engine_constants(model) -> dict[str, object]:
     """The values of SEF_SET_CONSTANTS' module constants in the process this runs in; a module
     not imported there reads as None."""
     values = {}
-    for module, name, _ in json.loads(os.environ.get("SEF_SET_CONSTANTS", "[]")):
+    for key in wanted_constants():
+        module, _, name = key.rpartition(".")
         loaded = sys.modules.get(module)
-        values[f"{module}.{name}"] = getattr(loaded, name) if loaded else None
+        values[key] = getattr(loaded, name) if loaded else None
     return values
