@@ -14,11 +14,13 @@ unit-RMS MoE input have std 1.5; correction bias N(0, 0.05^2)) and every RMSNorm
 weight is 1, so the MoE input has unit RMS. --probe runs one eager process that
 records the distinct experts per MoE layer per decode step at each batch size.
 
-Variants: NAME[,replicas=R][,site=DIR][,set=MODULE.NAME=VALUE ...]; site is
-prepended to PYTHONPATH (stock vLLM lives in another site than the patched one);
-set gives a module constant another value in every process of the variant, the
+Variants: NAME[,replicas=R][,site=DIR][,set=MODULE.NAME=VALUE ...][,engine=ARG=VALUE ...];
+site is prepended to PYTHONPATH (stock vLLM lives in another site than the patched
+one); set gives a module constant another value in every process of the variant, the
 engine's included (benchmarks/constants_site; checked in the engine before the
-measurements), e.g. to move a threshold the CUDA graphs' capture bakes in.
+measurements), e.g. to move a threshold the CUDA graphs' capture bakes in; engine
+passes an engine argument to vLLM's LLM (VALUE a Python literal, or else a string),
+e.g. engine=linear_backend=marlin, for a kernel choice every variant can make.
 Processes alternate: each round runs every variant once, so a slow process cannot
 favour one variant.
 
@@ -27,6 +29,8 @@ favour one variant.
     python -m benchmarks.e2e --probe --out probe.jsonl
     python -m benchmarks.e2e --variants fused,replicas=1 fused_aux,replicas=1,set=\
 vllm.model_executor.layers.fused_moe.experts.triton_moe.FUSED_SHARED_STREAM_MIN_TOKENS=16
+    python -m benchmarks.e2e --variants stock,site=/root/stock-site \
+        stock_marlin,site=/root/stock-site,engine=linear_backend=marlin --workloads itl profile
 
 Prefix caching is off: the repetitions send the same prompts, and before 2026-12-02 (sef5)
 vLLM's default prefix caching served their prefill from the cache after the first repetition,
@@ -186,6 +190,7 @@ def make_llm(args, **overrides) -> tuple:
             "torch_profiler_dump_cuda_time_total": False,
             "ignore_frontend": True,
         }
+    kwargs.update(args.engine)
     kwargs.update(overrides)
     llm = LLM(**kwargs)
     counts = llm.apply_model(realistic_routing)[0]
@@ -233,6 +238,8 @@ def measure(args) -> None:
         if found != wanted:
             raise SystemExit(f"set= in the engine: wanted {wanted}, found {found}")
         base["constants"] = wanted
+    if args.engine:
+        base["engine"] = args.engine
     generate(llm, prompts(8, 64, 99, args.vocab), 16)  # warm-up, dropped
     if "itl" in args.workloads:
         for batch in args.batches:
@@ -451,6 +458,7 @@ def run_worker(args, variant: dict, round_: int, model: Path, probe_mode: bool) 
             if args.profile_dir
             else []
         ),
+        *(["--engine", json.dumps(variant["engine"])] if variant.get("engine") else []),
         *(["--probe"] if probe_mode else []),
         *(["--tiny"] if args.tiny else []),
     ]
@@ -479,11 +487,24 @@ def parse_variant(text: str) -> dict:
 
     name, *options = text.split(",")
     variant: dict = {"name": name}
-    usage = "replicas=R, site=DIR, set=MODULE.NAME=VALUE"
+    usage = "replicas=R, site=DIR, set=MODULE.NAME=VALUE, engine=ARG=VALUE"
     for option in options:
         key, _, value = option.partition("=")
-        if key not in ("replicas", "site", "set") or not value:
+        if key not in ("replicas", "site", "set", "engine") or not value:
             raise SystemExit(f"bad variant option {option!r} in {text!r} ({usage})")
+        if key == "engine":
+            name, _, literal = value.partition("=")
+            if not name.isidentifier() or not literal:
+                raise SystemExit(
+                    f"bad engine option {option!r} in {text!r}: engine=ARG=VALUE, ARG one of "
+                    "vLLM's engine arguments (e.g. linear_backend)"
+                )
+            try:
+                parsed = ast.literal_eval(literal)
+            except (ValueError, SyntaxError):
+                parsed = literal  # a bare word: the string
+            variant.setdefault("engine", {})[name] = parsed
+            continue
         if key != "set":
             variant[key] = value
             continue
@@ -528,6 +549,7 @@ def main() -> None:
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--round", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--engine", type=json.loads, default={}, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.profile_dir is None and "profile" in args.workloads:
         args.profile_dir = tempfile.mkdtemp(prefix="e2e-profiles-")

@@ -328,6 +328,23 @@ def test_variant_set_options_parse_into_module_constants() -> None:
             e2e.parse_variant(bad)
 
 
+def test_variant_engine_options_parse_into_engine_arguments() -> None:
+    from benchmarks import e2e
+
+    variant = e2e.parse_variant("m,site=/s,engine=linear_backend=marlin,engine=max_num_seqs=64")
+    assert variant == {
+        "name": "m",
+        "site": "/s",
+        "engine": {"linear_backend": "marlin", "max_num_seqs": 64},
+    }
+    assert e2e.parse_variant("q,engine=linear_backend='triton'")["engine"] == {
+        "linear_backend": "triton"
+    }
+    for bad in ("v,engine=marlin", "v,engine=linear_backend=", "v,engine=a-b=1"):
+        with pytest.raises(SystemExit, match=r"engine=ARG=VALUE"):
+            e2e.parse_variant(bad)
+
+
 SET_CHILD = """
 import json, multiprocessing as mp, sys
 
