@@ -9,8 +9,10 @@ it does in vLLM.
 - ``split_k``: fused_moe_kernel and the split-K activation kernel of patch 0006
   (tests/fusion/test_triton_kernels.py).
 - ``quantize_and_align``: patch 0013's one launch that quantizes the MoE input and assigns the
-  expert blocks (tests/fusion/test_triton_kernels.py).
-- ``moe_sum``: patch 0014's Triton launch of the top-k sum (tests/fusion/test_triton_kernels.py).
+  expert blocks, leaving fused shared entries out with patch 0015
+  (tests/fusion/test_triton_kernels.py).
+- ``moe_sum``: patch 0014's Triton launch of the top-k sum, each token's last row read from another
+  buffer with patch 0015 (tests/fusion/test_triton_kernels.py).
 """
 
 from __future__ import annotations

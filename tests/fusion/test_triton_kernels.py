@@ -32,6 +32,13 @@ Patch 0014 sums the top-k outputs in a Triton launch at decode sizes
 over strided rows and a ragged last block; bf16 inputs are small integers, whose
 sums round nothing (the interpreter truncates where the GPU rounds; the GPU's bits
 against ops.moe_sum: tests/kernels/moe/test_moe_sum_triton.py).
+
+Patch 0015 puts the fused shared experts on the auxiliary stream at decode sizes: the one launch
+leaves their entries (ids from the routed experts' count on) out of the assignment, naive with
+expert id -1 in expert ids of its own, aligned in no block (the routed experts' blocks as
+moe_align_block_size's, in its buffer sizes), and moe_sum_triton reads each token's last row from
+another buffer (the GPU's bits against the one-launch layer: tests/kernels/moe/
+test_fused_shared_stream.py).
 """
 
 from __future__ import annotations
@@ -236,6 +243,7 @@ torch.manual_seed(0)
 
 
 def reference_layout(ids, block, experts):
+    # moe_align_block_size's blocks; entries of ids outside [0, experts) in none.
     flat = ids.flatten().tolist()
     numel = len(flat)
     sorted_ids, expert_ids = [], []
@@ -286,12 +294,53 @@ for tokens, top_k, experts, block, dtype in [
                 size = min(numel * block, size)
             assert sorted_ids.numel() == size and expert_ids.numel() == -(-size // block)
         cases += 1
+
+# Patch 0015: fused shared entries (ids from experts on) left out of the assignment: naive, with
+# expert id -1 (in expert ids of their own: topk_ids stays as it is); aligned, in no block.
+for tokens, top_k, experts, replicas, block in [
+    (1, 8, 256, 1, 16), (4, 8, 256, 1, 16), (7, 8, 256, 2, 64), (5, 3, 64, 1, 16),
+    (16, 8, 256, 1, 16), (28, 8, 256, 3, 32), (20, 3, 64, 1, 8),
+]:
+    x = torch.randn(tokens, 256).to(torch.bfloat16)
+    routed = torch.stack([torch.randperm(experts)[:top_k] for _ in range(tokens)])
+    shared = experts + torch.arange(tokens)[:, None] % replicas
+    ids = torch.cat([routed, shared], 1).to(torch.int32)
+    before = ids.clone()
+    for align in (False, True):
+        got = qa(x, ids, block, experts, 128, align=align, num_ids=experts + replicas)
+        want = qa(x, ids, block, experts + replicas, 128, align=align)
+        assert torch.equal(got[0].float(), want[0].float()) and torch.equal(got[1], want[1])
+        assert torch.equal(ids, before)
+        if not align:
+            flat = ids.flatten()
+            want_ids = torch.where(flat < experts, flat, -1)
+            assert got[2] is None and got[4] is None and got[3].dtype == torch.int32
+            assert torch.equal(got[3], want_ids) and got[3].data_ptr() != ids.data_ptr()
+        else:
+            sorted_ids, expert_ids, padded = got[2:]
+            want_sorted, want_experts = reference_layout(ids, block, experts)
+            total = int(padded.item())
+            assert total == len(want_sorted), (total, len(want_sorted))
+            assert sorted_ids[:total].tolist() == want_sorted
+            assert expert_ids[: total // block].tolist() == want_experts
+            # moe_align_block_size's buffer sizes for the experts assigned
+            numel = ids.numel()
+            size = numel + experts * (block - 1)
+            if numel < experts:
+                size = min(numel * block, size)
+            assert sorted_ids.numel() == size and expert_ids.numel() == -(-size // block)
+        cases += 1
+try:
+    qa(x, ids, 16, experts, 128, align=False, num_ids=experts)
+except ValueError as e:
+    assert "num_ids" in str(e)
+    cases += 1
 print("checked", cases)
 """
 
 
 def test_quantize_and_align_writes_scales_values_and_blocks() -> None:
-    interpret(QUANTIZE_ALIGN_SCRIPT, 18)
+    interpret(QUANTIZE_ALIGN_SCRIPT, 33)
 
 
 MOE_SUM_SCRIPT = """
@@ -315,15 +364,31 @@ for tokens, top_k, hidden in [(1, 9, 7168), (3, 8, 300), (16, 1, 256), (2, 10, 5
             acc += x[:, k].float()
         assert torch.equal(out, acc.to(dtype)), (tokens, top_k, hidden, dtype)
         cases += 1
+        # Patch 0015: each token's last row read from another buffer (strided rows too).
+        last = torch.randn(tokens, 2, hidden).mul(4).round().to(dtype)[:, 1]
+        out = torch.full((tokens, hidden), float("nan"), dtype=dtype)
+        moe_sum_triton(x, out, last=last)
+        acc = torch.zeros(tokens, hidden)
+        for k in range(top_k - 1):
+            acc += x[:, k].float()
+        acc += last.float()
+        assert torch.equal(out, acc.to(dtype)), (tokens, top_k, hidden, dtype)
+        cases += 1
 for bad in (torch.empty(2, 9), torch.empty(2, 8, dtype=torch.bfloat16)):
     try:
         moe_sum_triton(torch.randn(2, 3, 8), bad)
     except ValueError as e:
         assert "output" in str(e)
         cases += 1
+for bad in (torch.empty(2, 9), torch.empty(2, 8, dtype=torch.bfloat16)):
+    try:
+        moe_sum_triton(torch.randn(2, 3, 8), torch.empty(2, 8), last=bad)
+    except ValueError as e:
+        assert "last" in str(e)
+        cases += 1
 print("checked", cases)
 """
 
 
 def test_moe_sum_sums_in_the_slots_order() -> None:
-    interpret(MOE_SUM_SCRIPT, 12)
+    interpret(MOE_SUM_SCRIPT, 24)
