@@ -12,8 +12,9 @@
 #                                          unpatched vLLM
 #   benchmarks/gpu_host.sh intree [DIR]    (here) copy vLLM's MoE kernel tests and their helpers from
 #                                          the patched vllm/ tree to DIR (default .gpu/intree)
-#   benchmarks/gpu_host.sh unit [DIR]      the series' in-tree CUDA tests, copied to DIR
-#                                          (default .gpu/intree, a tree like vllm/tests)
+#   benchmarks/gpu_host.sh unit [DIR [PYTEST_ARGS]]  the series' in-tree CUDA tests, copied to DIR
+#                                          (default .gpu/intree, a tree like vllm/tests), e.g.
+#                                          unit .gpu/intree -k shared_stream
 #   benchmarks/gpu_host.sh check           layer-level numerics vs an fp32 reference
 #   benchmarks/gpu_host.sh equiv           end-to-end fused vs unfused engines (pytest)
 #   benchmarks/gpu_host.sh bench [ARGS]    layer benchmark (benchmarks/moe_layer.py bench)
@@ -108,8 +109,9 @@ with open(sys.argv[1], "w") as f:
   unit)
     # From DIR, with its own pytest.ini: vLLM's `tests` package, not this repository's.
     dir=${1:-.gpu/intree}
+    [ $# -gt 0 ] && shift
     [ -f "$dir/pytest.ini" ] || printf '[pytest]\n' >"$dir/pytest.ini"
-    (cd "$dir" && python3 -m pytest -q -p no:cacheprovider tests) 2>&1 | tee "$OUT/unit.log" | tail -n 15
+    (cd "$dir" && python3 -m pytest -q -p no:cacheprovider tests "$@") 2>&1 | tee "$OUT/unit.log" | tail -n 15
     ;;
   check) python3 -m benchmarks.moe_layer check --out "$OUT/layer_check.json" "$@" ;;
   equiv)
