@@ -32,6 +32,8 @@
 #                                          assigned apart / in one launch (moe_layer.py quantize-align)
 #   benchmarks/gpu_host.sh moe-sum [ARGS]  the layer with the top-k outputs summed by ops.moe_sum /
 #                                          by the Triton launch (moe_layer.py moe-sum)
+#   benchmarks/gpu_host.sh dense-fp8 [ARGS]  the dense block-FP8 GEMMs, cutlass / Triton, per shape and
+#                                          batch size (benchmarks/dense_fp8.py)
 #   benchmarks/gpu_host.sh tune [ARGS]     Triton tile tuning (benchmarks/tune_moe.py)
 #   benchmarks/gpu_host.sh probe [ARGS]    distinct experts per step (benchmarks/e2e.py --probe)
 #   benchmarks/gpu_host.sh e2e [ARGS]      ITL/TTFT/throughput, stock/off/fused (benchmarks/e2e.py)
@@ -131,6 +133,7 @@ with open(sys.argv[1], "w") as f:
   quantize-align)
     python3 -m benchmarks.moe_layer quantize-align --out "$OUT/layer_quantize_align.json" "$@" ;;
   moe-sum) python3 -m benchmarks.moe_layer moe-sum --out "$OUT/layer_moe_sum.json" "$@" ;;
+  dense-fp8) python3 -m benchmarks.dense_fp8 --out "$OUT/dense_fp8.json" "$@" ;;
   tune) python3 -m benchmarks.tune_moe --out-dir "$OUT" "$@" ;;
   probe) python3 -m benchmarks.e2e --probe --variants stock,site=/root/stock-site --out "$OUT/probe.jsonl" "$@" ;;
   e2e) python3 -m benchmarks.e2e --out "$OUT/e2e.jsonl" "$@" ;;

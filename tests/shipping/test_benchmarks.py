@@ -393,3 +393,24 @@ def test_constants_site_sets_the_constant_in_every_process(tmp_path) -> None:
     )
     assert failed.returncode != 0
     assert "colorsys defines no ONE_THIRDS" in failed.stderr
+
+
+def test_dense_fp8_step_totals_weigh_each_shape_by_its_launches_per_step() -> None:
+    from benchmarks import dense_fp8
+
+    rows = []
+    for kernel, us in (("cutlass", 10.0), ("triton", 5.0)):
+        for shape in ("qkv_a", "dense_down", "shared_down"):
+            rows.append({"shape": shape, "m": 4, "kernel": kernel, "us": us, "floor_us": 2.0})
+    totals = {(t["gemms"], t["kernel"]): t for t in dense_fp8.step_totals(rows)}
+    main = totals[("attention + dense MLPs", "cutlass")]
+    assert main["step_us"] == 10.0 * (61 + 3)
+    assert main["floor_us"] == 2.0 * (61 + 3)
+    assert main["x_floor"] == 5.0
+    assert totals[("shared expert", "triton")]["step_us"] == 5.0 * 58
+    assert len(totals) == 4
+    # Copies whose bytes exceed twice the L2 cache, at least four.
+    assert dense_fp8.copies_for(2112, 7168) == 7
+    assert dense_fp8.copies_for(7168, 2048) == 8
+    assert dense_fp8.copies_for(512, 256) > 100
+    assert dense_fp8.copies_for(18432, 7168) == 4
