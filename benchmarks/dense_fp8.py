@@ -10,6 +10,12 @@ exceed the L2 cache (as a step's 61 layers do), its floor (weight bytes / the me
 bandwidth), and the Triton output's mean relative difference from cutlass's (the same inputs; not
 bit-equal: different accumulation). Per M, the sum over a decode step's launches.
 
+A third candidate, ``split_k`` (a prototype here, not in the series): vLLM's Triton kernel's loop
+with K split over SPLIT_K programs per output tile (as patch 0006 does for the MoE gate-up GEMM:
+at decode sizes a tile grid of 17-112 programs cannot keep 132 SMs reading), the float32 partials
+summed in a fixed order by the tile's last program to finish (a per-tile counter it resets), so
+one launch and a deterministic result. Swept over a few tiles per shape and M (--sweep).
+
     python -m benchmarks.dense_fp8 --out dense_fp8.json [--tokens 1 4 16]
     benchmarks/gpu_host.sh dense-fp8
 """
@@ -32,9 +38,155 @@ SHAPES = {
     "shared_gate_up": (512, 7168, 58),
     "shared_down": (7168, 256, 58),
 }
-KERNELS = ("cutlass", "triton")
+KERNELS = ("cutlass", "triton", "split_k")
 TOKENS = [1, 2, 4, 8, 16, 32, 64]
 L2_BYTES = 50 << 20  # H200: 50 MB
+
+
+SWEEP = [
+    {"BLOCK_N": bn, "SPLIT_K": sk, "num_warps": 4, "num_stages": st}
+    for bn in (32, 64, 128)
+    for sk in (1, 2, 4, 8)
+    for st in (3, 4)
+]
+
+
+def split_k_kernel():
+    """The split-K block-FP8 GEMM's Triton kernel (built on first use: TRITON_INTERPRET must be
+    set before triton is imported)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def kernel(
+        a_ptr,
+        b_ptr,
+        c_ptr,
+        as_ptr,
+        bs_ptr,
+        partial_ptr,
+        counter_ptr,
+        M,
+        N,
+        K,
+        stride_am,
+        stride_bn,
+        stride_cm,
+        stride_asm,
+        stride_ask,
+        stride_bsn,
+        stride_bsk,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+        SPLIT_K: tl.constexpr,
+    ):
+        pid_n = tl.program_id(0)
+        pid_m = tl.program_id(1)
+        pid_k = tl.program_id(2)
+        num_k = tl.cdiv(K, BLOCK_K)
+        per_split = tl.cdiv(num_k, SPLIT_K)
+        k_begin = pid_k * per_split
+        k_end = tl.minimum(k_begin + per_split, num_k)
+        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        # In-bounds loads (wrapped, as vLLM's kernel does); the stores are masked.
+        offs_m = rows % M
+        offs_n = cols % N
+        offs_k = tl.arange(0, BLOCK_K)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for kb in range(k_begin, k_end):
+            k = kb * BLOCK_K + offs_k
+            a = tl.load(
+                a_ptr + offs_m[:, None] * stride_am + k[None, :], mask=k[None, :] < K, other=0.0
+            )
+            b = tl.load(
+                b_ptr + offs_n[None, :] * stride_bn + k[:, None], mask=k[:, None] < K, other=0.0
+            )
+            a_s = tl.load(as_ptr + offs_m * stride_asm + kb * stride_ask)
+            b_s = tl.load(bs_ptr + (offs_n // 128) * stride_bsn + kb * stride_bsk)
+            acc += tl.dot(a, b) * a_s[:, None] * b_s[None, :]
+        mask = (rows[:, None] < M) & (cols[None, :] < N)
+        c_ptrs = c_ptr + rows[:, None] * stride_cm + cols[None, :]
+        if SPLIT_K == 1:
+            tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask)
+        else:
+            # Partials [SPLIT_K, M, N] in float32; the tile's last program sums them in split
+            # order and resets the tile's counter for the next launch.
+            part = partial_ptr + rows[:, None] * N + cols[None, :]
+            tl.store(part + pid_k * M * N, acc, mask=mask)
+            tile = pid_m * tl.num_programs(0) + pid_n
+            arrived = tl.atomic_add(counter_ptr + tile, 1, sem="acq_rel")
+            if arrived == SPLIT_K - 1:
+                total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                for split in tl.static_range(SPLIT_K):
+                    total += tl.load(
+                        part + split * M * N, mask=mask, other=0.0, cache_modifier=".cg"
+                    )
+                tl.store(c_ptrs, total.to(c_ptr.dtype.element_ty), mask=mask)
+                tl.atomic_xchg(counter_ptr + tile, 0)
+
+    return kernel
+
+
+_KERNEL = None
+_COUNTERS: dict = {}
+
+
+def split_k_gemm(a, b, a_scale, b_scale, config: dict, out_dtype=None):
+    """C = (A * a_scale) @ (B * b_scale).T for FP8 A [M, K] with per-(row, 128) scales (any
+    layout) and FP8 B [N, K] with [N/128, K/128] scales, K split over config["SPLIT_K"] programs
+    per tile of BLOCK_M (16) x config["BLOCK_N"]."""
+    import torch
+    import triton
+
+    global _KERNEL
+    if _KERNEL is None:
+        _KERNEL = split_k_kernel()
+    m, k = a.shape
+    n = b.shape[0]
+    if b.shape[1] != k or a.stride(1) != 1 or b.stride(1) != 1:
+        raise ValueError(f"split_k_gemm: A {tuple(a.shape)} and B {tuple(b.shape)}")
+    split_k = config["SPLIT_K"]
+    block_m, block_n = 16, config["BLOCK_N"]
+    if 128 % block_n and block_n % 128:
+        raise ValueError(f"BLOCK_N={block_n}: must divide or be a multiple of the 128 group")
+    out = torch.empty((m, n), device=a.device, dtype=out_dtype or torch.bfloat16)
+    grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m), split_k)
+    partial = counters = out
+    if split_k > 1:
+        partial = torch.empty((split_k, m, n), device=a.device, dtype=torch.float32)
+        tiles = grid[0] * grid[1]
+        key = (a.device, tiles)
+        if key not in _COUNTERS or _COUNTERS[key].numel() < tiles:
+            _COUNTERS[key] = torch.zeros(tiles, device=a.device, dtype=torch.int32)
+        counters = _COUNTERS[key]
+    _KERNEL[grid](
+        a,
+        b,
+        out,
+        a_scale,
+        b_scale,
+        partial,
+        counters,
+        m,
+        n,
+        k,
+        a.stride(0),
+        b.stride(0),
+        out.stride(0),
+        a_scale.stride(0),
+        a_scale.stride(1),
+        b_scale.stride(0),
+        b_scale.stride(1),
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        BLOCK_K=128,
+        SPLIT_K=split_k,
+        num_warps=config["num_warps"],
+        num_stages=config["num_stages"],
+    )
+    return out
 
 
 def copies_for(n: int, k: int, minimum: int = 4) -> int:
@@ -67,7 +219,8 @@ def step_totals(rows: list[dict]) -> list[dict]:
     return sorted(totals.values(), key=lambda e: (e["gemms"], e["m"], e["kernel"]))
 
 
-def measure(args) -> list[dict]:
+def measure_shape(args, name: str, bw: float) -> list[dict]:
+    """The rows of one shape, per M: cutlass, Triton and the split-K sweep's fastest tile."""
     import torch
     from vllm import _custom_ops as ops
     from vllm.model_executor.layers.quantization.utils.fp8_utils import (
@@ -75,68 +228,83 @@ def measure(args) -> list[dict]:
         w8a8_triton_block_scaled_mm,
     )
 
-    from benchmarks.moe_layer import copy_bandwidth
     from sefkit.graph_timing import capture, replay_us
 
-    bw = copy_bandwidth()  # bytes/s of HBM traffic, as moe_layer.py's floors use it
-    fp8 = torch.float8_e4m3fn
+    n, k, _ = SHAPES[name]
+    count = copies_for(n, k)
+    gen = torch.Generator(device=args.device).manual_seed(0)
+    pairs = [
+        (
+            (torch.randn(n, k, generator=gen, device=args.device) * 0.05).to(torch.float8_e4m3fn),
+            torch.rand(math.ceil(n / 128), math.ceil(k / 128), generator=gen, device=args.device)
+            * 0.01,
+        )
+        for _ in range(count)
+    ]
+    floor_us = n * k / bw * 1e6
     rows = []
-    for name in args.shapes:
-        n, k, _ = SHAPES[name]
-        count = copies_for(n, k)
-        gen = torch.Generator(device="cuda").manual_seed(0)
-        weights = [
-            (torch.randn(n, k, generator=gen, device="cuda") * 0.05).to(fp8) for _ in range(count)
+
+    def timed(run) -> float:
+        def all_copies():
+            for b, bs in pairs:
+                run(b, bs)
+
+        graphs = capture(all_copies, [()], warmup=2)
+        us = replay_us(graphs, args.iters, reps=5) / count
+        del graphs
+        return us
+
+    for m in args.tokens:
+        x = torch.randn(m, k, generator=gen, device=args.device).to(torch.bfloat16)
+        # cutlass reads the activation scales column-major, vLLM's Triton kernel row-major.
+        a_col, s_col = per_token_group_quant_fp8(x, 128, column_major_scales=True)
+        a_row, s_row = per_token_group_quant_fp8(x, 128, column_major_scales=False)
+        runs = {
+            "cutlass": lambda b, bs, a=a_col, s=s_col: ops.cutlass_scaled_mm(
+                a, b.T, out_dtype=torch.bfloat16, scale_a=s, scale_b=bs.T
+            ),
+            "triton": lambda b, bs, a=a_row, s=s_row: w8a8_triton_block_scaled_mm(
+                a, b, s, bs, [128, 128], output_dtype=torch.bfloat16
+            ),
+        }
+        times = {kernel: timed(run) for kernel, run in runs.items()}
+        extra: dict = {"cutlass": {}, "triton": {}}
+        # The split-K prototype: the sweep's fastest tile.
+        sweep = [
+            (timed(lambda b, bs, c=config, a=a_col, s=s_col: split_k_gemm(a, b, s, bs, c)), config)
+            for config in args.sweep
+            if config["SPLIT_K"] <= math.ceil(k / 128)
         ]
-        scales = [
-            torch.rand(math.ceil(n / 128), math.ceil(k / 128), generator=gen, device="cuda") * 0.01
-            for _ in range(count)
-        ]
-        floor_us = n * k / bw * 1e6
-        for m in args.tokens:
-            x = torch.randn(m, k, generator=gen, device="cuda").to(torch.bfloat16)
-            a_col, s_col = per_token_group_quant_fp8(x, 128, column_major_scales=True)
-            a_row, s_row = per_token_group_quant_fp8(x, 128, column_major_scales=False)
-
-            def cutlass(b, bs, a=a_col, s=s_col):
-                return ops.cutlass_scaled_mm(
-                    a, b.T, out_dtype=torch.bfloat16, scale_a=s, scale_b=bs.T
-                )
-
-            def triton(b, bs, a=a_row, s=s_row):
-                return w8a8_triton_block_scaled_mm(
-                    a, b, s, bs, [128, 128], output_dtype=torch.bfloat16
-                )
-
-            runs = {"cutlass": cutlass, "triton": triton}
-            outs = {kernel: runs[kernel](weights[0], scales[0]) for kernel in KERNELS}
-            ref = outs["cutlass"].float()
-            pairs = list(zip(weights, scales, strict=True))
-            for kernel in KERNELS:
-
-                def all_copies(run=runs[kernel], pairs=pairs):
-                    for b, bs in pairs:
-                        run(b, bs)
-
-                graphs = capture(all_copies, [()], warmup=2)
-                us = replay_us(graphs, args.iters, reps=5) / count
-                del graphs
-                diff = (outs[kernel].float() - ref).abs().mean() / ref.abs().mean()
-                row = {
-                    "shape": name,
-                    "n": n,
-                    "k": k,
-                    "m": m,
-                    "kernel": kernel,
-                    "us": us,
-                    "floor_us": floor_us,
-                    "x_floor": us / floor_us,
-                    "rel_diff_vs_cutlass": float(diff),
-                    "copies": count,
-                }
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+        best_us, best = min(sweep, key=lambda entry: entry[0])
+        runs["split_k"] = lambda b, bs, c=best, a=a_col, s=s_col: split_k_gemm(a, b, s, bs, c)
+        times["split_k"] = best_us
+        extra["split_k"] = {"config": best, "sweep": [[us, c] for us, c in sweep]}
+        ref = runs["cutlass"](*pairs[0]).float()
+        for kernel in KERNELS:
+            out = runs[kernel](*pairs[0]).float()
+            entry = {
+                "shape": name,
+                "n": n,
+                "k": k,
+                "m": m,
+                "kernel": kernel,
+                "us": times[kernel],
+                "floor_us": floor_us,
+                "x_floor": times[kernel] / floor_us,
+                "rel_diff_vs_cutlass": float((out - ref).abs().mean() / ref.abs().mean()),
+                "copies": count,
+                **extra[kernel],
+            }
+            rows.append(entry)
+            print(json.dumps({key: v for key, v in entry.items() if key != "sweep"}), flush=True)
     return rows
+
+
+def measure(args) -> list[dict]:
+    from benchmarks.moe_layer import copy_bandwidth
+
+    bw = copy_bandwidth()  # bytes/s of HBM traffic, as moe_layer.py's floors use it
+    return [row for name in args.shapes for row in measure_shape(args, name, bw)]
 
 
 def main() -> None:
@@ -144,7 +312,14 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
     parser.add_argument("--tokens", nargs="+", type=int, default=TOKENS)
     parser.add_argument("--iters", type=int, default=50, help="graph replays per repetition")
+    parser.add_argument(
+        "--sweep",
+        type=json.loads,
+        default=SWEEP,
+        help="split_k: JSON list of tiles ({BLOCK_N, SPLIT_K, num_warps, num_stages})",
+    )
     parser.add_argument("--out", default="dense_fp8.json")
+    parser.add_argument("--device", default="cuda")
     args = parser.parse_args()
     rows = measure(args)
     totals = step_totals(rows)
