@@ -75,6 +75,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CONSTANTS_SITE = Path(__file__).resolve().parent / "constants_site"
 
 BATCHES = [1, 4, 16, 64, 256]
+# The engine's CUDA-graph sizes (--capture-sizes); every measured batch size must be one.
+CAPTURE_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
 WORKLOAD_NAMES = ("itl", "throughput", "profile")
 # Decode steps profiled per batch, and the engine steps skipped first (the prefill).
 PROFILE_STEPS = 24
@@ -172,7 +174,7 @@ def make_llm(args, **overrides) -> tuple:
         max_model_len=2048,
         max_num_seqs=256,
         gpu_memory_utilization=args.gpu_memory_utilization,
-        compilation_config={"cudagraph_capture_sizes": [1, 2, 4, 8, 16, 32, 64, 128, 256]},
+        compilation_config={"cudagraph_capture_sizes": args.capture_sizes},
         seed=0,
         disable_log_stats=False,  # request stats: first and last token times
         # Every repetition sends the same prompts: with vLLM's default prefix caching the
@@ -443,6 +445,8 @@ def run_worker(args, variant: dict, round_: int, model: Path, probe_mode: bool) 
         str(round_),
         "--batches",
         *map(str, args.batches),
+        "--capture-sizes",
+        *map(str, args.capture_sizes),
         "--workloads",
         *args.workloads,
         "--reps",
@@ -480,6 +484,20 @@ def run_worker(args, variant: dict, round_: int, model: Path, probe_mode: bool) 
     print(f"{variant['name']} round {round_}: {rows} rows, exit {proc.returncode}", flush=True)
     if proc.returncode:
         print("".join(tail), flush=True)
+
+
+def check_capture_sizes(parser: argparse.ArgumentParser, args) -> None:
+    """Every measured batch size must be a CUDA-graph size (else the engine pads it to the next
+    one, or runs it without a graph); the throughput workload's decode batches take every size up
+    to max_num_seqs, so it keeps the default sizes."""
+    missing = sorted(set(args.batches) - set(args.capture_sizes))
+    if missing:
+        parser.error(f"--capture-sizes {args.capture_sizes} lacks the --batches {missing}")
+    if "throughput" in args.workloads and sorted(args.capture_sizes) != CAPTURE_SIZES:
+        parser.error(
+            f"--capture-sizes {args.capture_sizes} with the throughput workload: it decodes at "
+            f"every batch size up to 256, so keep the default {CAPTURE_SIZES}"
+        )
 
 
 def parse_variant(text: str) -> dict:
@@ -532,6 +550,13 @@ def main() -> None:
         "--workloads", nargs="+", default=["itl", "throughput"], choices=WORKLOAD_NAMES
     )
     parser.add_argument("--batches", nargs="+", type=int, default=BATCHES)
+    parser.add_argument(
+        "--capture-sizes",
+        nargs="+",
+        type=int,
+        default=CAPTURE_SIZES,
+        help="the engine's CUDA-graph batch sizes (fewer: a shorter start); must hold --batches",
+    )
     parser.add_argument("--layers", type=int, default=61)
     parser.add_argument("--shard", type=int, default=8)
     parser.add_argument("--reps", type=int, default=3)
@@ -551,6 +576,7 @@ def main() -> None:
     parser.add_argument("--round", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--engine", type=json.loads, default={}, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    check_capture_sizes(parser, args)
     if args.profile_dir is None and "profile" in args.workloads:
         args.profile_dir = tempfile.mkdtemp(prefix="e2e-profiles-")
     args.vocab = TINY["vocab_size"] if args.tiny else 16000

@@ -315,6 +315,28 @@ def test_e2e_refuses_an_unknown_workload() -> None:
     assert "profiles" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--batches", "1", "4", "16", "--capture-sizes", "1", "16"], "lacks the --batches [4]"),
+        (
+            ["--batches", "1", "--capture-sizes", "1", "--workloads", "itl", "throughput"],
+            "keep the default",
+        ),
+    ],
+)
+def test_e2e_refuses_capture_sizes_that_would_change_what_it_measures(argv, message) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.e2e", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "--capture-sizes" in result.stderr
+    assert message in result.stderr
+
+
 def test_variant_set_options_parse_into_module_constants() -> None:
     from benchmarks import e2e
 
