@@ -258,6 +258,20 @@ def reference_layout(ids, block, experts):
     return sorted_ids, expert_ids
 
 
+def check_aligned(sorted_ids, expert_ids, padded, ids, block, experts):
+    # moe_align_block_size's blocks of the ids in [0, experts), in its buffer sizes for them.
+    want_sorted, want_experts = reference_layout(ids, block, experts)
+    total = int(padded.item())
+    assert total == len(want_sorted), (total, len(want_sorted))
+    assert sorted_ids[:total].tolist() == want_sorted
+    assert expert_ids[: total // block].tolist() == want_experts
+    numel = ids.numel()
+    size = numel + experts * (block - 1)
+    if numel < experts:
+        size = min(numel * block, size)
+    assert sorted_ids.numel() == size and expert_ids.numel() == -(-size // block)
+
+
 cases = 0
 for tokens, top_k, experts, block, dtype in [
     (1, 9, 257, 16, torch.int32), (2, 9, 257, 16, torch.int32), (4, 9, 257, 16, torch.int64),
@@ -282,17 +296,7 @@ for tokens, top_k, experts, block, dtype in [
         if not align:
             assert sorted_ids is None and padded is None and torch.equal(expert_ids, ids.view(-1))
         else:
-            want_sorted, want_experts = reference_layout(ids, block, experts)
-            total = int(padded.item())
-            assert total == len(want_sorted), (total, len(want_sorted))
-            assert sorted_ids[:total].tolist() == want_sorted
-            assert expert_ids[: total // block].tolist() == want_experts
-            # moe_align_block_size's buffer sizes
-            numel = ids.numel()
-            size = numel + experts * (block - 1)
-            if numel < experts:
-                size = min(numel * block, size)
-            assert sorted_ids.numel() == size and expert_ids.numel() == -(-size // block)
+            check_aligned(sorted_ids, expert_ids, padded, ids, block, experts)
         cases += 1
 
 # Patch 0015: fused shared entries (ids from experts on) left out of the assignment: naive, with
@@ -317,18 +321,7 @@ for tokens, top_k, experts, replicas, block in [
             assert got[2] is None and got[4] is None and got[3].dtype == torch.int32
             assert torch.equal(got[3], want_ids) and got[3].data_ptr() != ids.data_ptr()
         else:
-            sorted_ids, expert_ids, padded = got[2:]
-            want_sorted, want_experts = reference_layout(ids, block, experts)
-            total = int(padded.item())
-            assert total == len(want_sorted), (total, len(want_sorted))
-            assert sorted_ids[:total].tolist() == want_sorted
-            assert expert_ids[: total // block].tolist() == want_experts
-            # moe_align_block_size's buffer sizes for the experts assigned
-            numel = ids.numel()
-            size = numel + experts * (block - 1)
-            if numel < experts:
-                size = min(numel * block, size)
-            assert sorted_ids.numel() == size and expert_ids.numel() == -(-size // block)
+            check_aligned(*got[2:], ids, block, experts)
         cases += 1
 try:
     qa(x, ids, 16, experts, 128, align=False, num_ids=experts)
