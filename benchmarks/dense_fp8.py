@@ -38,16 +38,30 @@ SHAPES = {
     "shared_gate_up": (512, 7168, 58),
     "shared_down": (7168, 256, 58),
 }
-KERNELS = ("cutlass", "triton", "split_k")
-TOKENS = [1, 2, 4, 8, 16, 32, 64]
+KERNELS = ("cutlass", "triton", "triton_tuned", "split_k")
+TOKENS = [1, 4, 16, 64]
 L2_BYTES = 50 << 20  # H200: 50 MB
 
 
+# The split-K prototype's tiles (BLOCK_M 16).
 SWEEP = [
-    {"BLOCK_N": bn, "SPLIT_K": sk, "num_warps": 4, "num_stages": st}
-    for bn in (32, 64, 128)
+    {"BLOCK_N": bn, "SPLIT_K": sk, "num_warps": 4, "num_stages": 4}
+    for bn in (16, 32, 64, 128)
     for sk in (1, 2, 4, 8)
-    for st in (3, 4)
+]
+# vLLM's Triton kernel's tiles ("triton_tuned"; "triton" is its shipped config file's choice):
+# narrower N tiles than its H200 files hold (32 at one token for N=2112: 66 programs).
+TRITON_SWEEP = [
+    {
+        "BLOCK_SIZE_M": 16,
+        "BLOCK_SIZE_N": bn,
+        "BLOCK_SIZE_K": 128,
+        "GROUP_SIZE_M": 1,
+        "num_warps": 4,
+        "num_stages": st,
+    }
+    for bn in (16, 32, 64, 128)
+    for st in (3, 4, 5)
 ]
 
 
@@ -223,13 +237,16 @@ def measure_shape(args, name: str, bw: float) -> list[dict]:
     """The rows of one shape, per M: cutlass, Triton and the split-K sweep's fastest tile."""
     import torch
     from vllm import _custom_ops as ops
+    from vllm.model_executor.layers.quantization.utils import fp8_utils
     from vllm.model_executor.layers.quantization.utils.fp8_utils import (
         per_token_group_quant_fp8,
         w8a8_triton_block_scaled_mm,
     )
+    from vllm.utils.platform_utils import get_device_name_as_file_name
 
     from sefkit.graph_timing import capture, replay_us
 
+    device_name = get_device_name_as_file_name()  # as vLLM's config file names spell it
     n, k, _ = SHAPES[name]
     count = copies_for(n, k)
     gen = torch.Generator(device=args.device).manual_seed(0)
@@ -269,6 +286,27 @@ def measure_shape(args, name: str, bw: float) -> list[dict]:
         }
         times = {kernel: timed(run) for kernel, run in runs.items()}
         extra: dict = {"cutlass": {}, "triton": {}}
+        # vLLM's Triton kernel with each tile of TRITON_SWEEP as its config file's entry.
+        shipped = fp8_utils.get_w8a8_block_fp8_configs
+        tuned = []
+        for config in args.triton_sweep:
+            fp8_utils.get_w8a8_block_fp8_configs = lambda *_, c=config, m=m: {m: c}
+            try:
+                tuned.append((timed(runs["triton"]), config))
+            finally:
+                fp8_utils.get_w8a8_block_fp8_configs = shipped
+        best_tuned_us, best_tuned = min(tuned, key=lambda entry: entry[0])
+
+        def triton_tuned(b, bs, c=best_tuned, m=m, run=runs["triton"], shipped=shipped):
+            fp8_utils.get_w8a8_block_fp8_configs = lambda *_: {m: c}
+            try:
+                return run(b, bs)
+            finally:
+                fp8_utils.get_w8a8_block_fp8_configs = shipped
+
+        runs["triton_tuned"] = triton_tuned
+        times["triton_tuned"] = best_tuned_us
+        extra["triton_tuned"] = {"config": best_tuned, "sweep": [[us, c] for us, c in tuned]}
         # The split-K prototype: the sweep's fastest tile.
         sweep = [
             (timed(lambda b, bs, c=config, a=a_col, s=s_col: split_k_gemm(a, b, s, bs, c)), config)
@@ -283,6 +321,7 @@ def measure_shape(args, name: str, bw: float) -> list[dict]:
         for kernel in KERNELS:
             out = runs[kernel](*pairs[0]).float()
             entry = {
+                "device_name": device_name,
                 "shape": name,
                 "n": n,
                 "k": k,
@@ -318,6 +357,17 @@ def main() -> None:
         default=SWEEP,
         help="split_k: JSON list of tiles ({BLOCK_N, SPLIT_K, num_warps, num_stages})",
     )
+    parser.add_argument(
+        "--triton-sweep",
+        type=json.loads,
+        default=TRITON_SWEEP,
+        help="triton_tuned: JSON list of configs of vLLM's Triton kernel",
+    )
+    parser.add_argument(
+        "--write-configs",
+        help="a folder: per shape, vLLM's config file with the triton_tuned tiles at the "
+        "measured batch sizes (its shipped entries kept at the others)",
+    )
     parser.add_argument("--out", default="dense_fp8.json")
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args()
@@ -327,6 +377,45 @@ def main() -> None:
         print(json.dumps(entry), flush=True)
     with open(args.out, "w") as f:
         json.dump({"rows": rows, "step": totals}, f, indent=1)
+    if args.write_configs:
+        write_configs(rows, args.write_configs)
+
+
+def config_files(rows: list[dict], shipped) -> dict[str, dict]:
+    """Per shape, vLLM's Triton config file (name: contents) with the triton_tuned tile at each
+    measured M; ``shipped(n, k)`` gives the installed file's entries, kept at the other Ms."""
+    files: dict[str, dict] = {}
+    for row in rows:
+        if row["kernel"] != "triton_tuned":
+            continue
+        n, k = row["n"], row["k"]
+        name = (
+            f"N={n},K={k},device_name={row['device_name']},dtype=fp8_w8a8,"
+            "block_shape=[128,128].json"
+        )
+        if name not in files:
+            files[name] = {str(m): c for m, c in (shipped(n, k) or {}).items()}
+        files[name][str(row["m"])] = row["config"]
+    return {
+        name: dict(sorted(entries.items(), key=lambda e: int(e[0])))
+        for name, entries in files.items()
+    }
+
+
+def write_configs(rows: list[dict], folder: str) -> None:
+    from pathlib import Path
+
+    from vllm.model_executor.layers.quantization.utils.fp8_utils import (
+        get_w8a8_block_fp8_configs,
+    )
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, entries in config_files(
+        rows, lambda n, k: get_w8a8_block_fp8_configs(n, k, 128, 128)
+    ).items():
+        (out / name).write_text(json.dumps(entries, indent=4) + "\n")
+        print(f"wrote {out / name}", flush=True)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,9 @@
 #                                          by the Triton launch (moe_layer.py moe-sum)
 #   benchmarks/gpu_host.sh dense-fp8 [ARGS]  the dense block-FP8 GEMMs, cutlass / Triton, per shape and
 #                                          batch size (benchmarks/dense_fp8.py)
+#   benchmarks/gpu_host.sh tuned-site SITE CONFIGS NEW  NEW := SITE (e.g. /root/stock-site) with its own
+#                                          copy of vLLM holding the block-FP8 config files in CONFIGS
+#                                          (dense-fp8 --write-configs), for an e2e variant site=NEW
 #   benchmarks/gpu_host.sh tune [ARGS]     Triton tile tuning (benchmarks/tune_moe.py)
 #   benchmarks/gpu_host.sh probe [ARGS]    distinct experts per step (benchmarks/e2e.py --probe)
 #   benchmarks/gpu_host.sh e2e [ARGS]      ITL/TTFT/throughput, stock/off/fused (benchmarks/e2e.py)
@@ -134,6 +137,18 @@ with open(sys.argv[1], "w") as f:
     python3 -m benchmarks.moe_layer quantize-align --out "$OUT/layer_quantize_align.json" "$@" ;;
   moe-sum) python3 -m benchmarks.moe_layer moe-sum --out "$OUT/layer_moe_sum.json" "$@" ;;
   dense-fp8) python3 -m benchmarks.dense_fp8 --out "$OUT/dense_fp8.json" "$@" ;;
+  tuned-site)
+    [ $# -eq 3 ] || { echo "usage: gpu_host.sh tuned-site SITE CONFIGS NEW" >&2; exit 2; }
+    site=$1 configs=$2 new=$3
+    compgen -G "$configs/N=*.json" >/dev/null || { echo "no config files in $configs" >&2; exit 2; }
+    rm -rf "$new" && mkdir -p "$new"
+    for f in "$site"/*; do
+      [ "$(basename "$f")" = vllm ] || ln -s "$(readlink -f "$f")" "$new/"
+    done
+    cp -a "$(readlink -f "$site/vllm")" "$new/vllm"
+    cp "$configs"/N=*.json "$new/vllm/model_executor/layers/quantization/utils/configs/"
+    echo "$new: $(find "$configs" -name 'N=*.json' | wc -l) config files over $site"
+    ;;
   tune) python3 -m benchmarks.tune_moe --out-dir "$OUT" "$@" ;;
   probe) python3 -m benchmarks.e2e --probe --variants stock,site=/root/stock-site --out "$OUT/probe.jsonl" "$@" ;;
   e2e) python3 -m benchmarks.e2e --out "$OUT/e2e.jsonl" "$@" ;;

@@ -492,6 +492,7 @@ def quant(x, group, column_major_scales=False):
 
 
 fp8_utils = types.SimpleNamespace(
+    get_w8a8_block_fp8_configs=lambda n, k, bn, bk: None,
     per_token_group_quant_fp8=quant,
     w8a8_triton_block_scaled_mm=lambda a, b, s, bs, block, output_dtype: dequantized(
         a, s, b, bs
@@ -501,7 +502,10 @@ timing = types.SimpleNamespace(
     capture=lambda run, inputs, warmup: [run(*inputs[0])], replay_us=lambda graphs, iters, reps: 1.0
 )
 sweep = [dict(BLOCK_N=64, SPLIT_K=sk, num_warps=4, num_stages=3) for sk in (1, 2, 4)]
-args = types.SimpleNamespace(tokens=[1, 5], sweep=sweep, iters=1, device="cpu")
+triton_sweep = [dict(BLOCK_SIZE_N=bn) for bn in (16, 32)]
+args = types.SimpleNamespace(
+    tokens=[1, 5], sweep=sweep, triton_sweep=triton_sweep, iters=1, device="cpu"
+)
 with (
     mock.patch.dict(dense_fp8.SHAPES, {"tiny": (200, 256, 1)}),
     mock.patch.object(dense_fp8, "copies_for", lambda n, k: 2),
@@ -515,12 +519,23 @@ with (
     ),
 ):
     import vllm
+    import vllm.model_executor.layers.quantization.utils as quant_utils
 
     vllm._custom_ops = ops
+    quant_utils.fp8_utils = fp8_utils
     rows = dense_fp8.measure_shape(args, "tiny", 4e12)
 assert [(r["m"], r["kernel"]) for r in rows] == [
-    (m, kernel) for m in (1, 5) for kernel in ("cutlass", "triton", "split_k")
+    (m, kernel) for m in (1, 5) for kernel in ("cutlass", "triton", "triton_tuned", "split_k")
 ]
+# vLLM's config file per shape: the tuned tiles at the measured sizes, the shipped ones kept.
+files = dense_fp8.config_files(rows, lambda n, k: {1: "shipped-1", 64: "shipped-64"})
+device = rows[0]["device_name"]
+name = f"N=200,K=256,device_name={device},dtype=fp8_w8a8,block_shape=[128,128].json"
+assert list(files) == [name]
+(entries,) = files.values()
+assert list(entries) == ["1", "5", "64"] and entries["64"] == "shipped-64"
+assert entries["1"] in triton_sweep and entries["5"] in triton_sweep
+checked += 1
 for r in rows:
     assert r["us"] == 0.5  # one replay of two copies
     assert r["floor_us"] == 200 * 256 / 4e12 * 1e6
@@ -529,6 +544,8 @@ for r in rows:
         # K = 256: two K blocks, so SPLIT_K = 4 is not swept
         assert [c["SPLIT_K"] for _, c in r["sweep"]] == [1, 2]
         assert r["config"] in sweep
+    if r["kernel"] == "triton_tuned":
+        assert [c for _, c in r["sweep"]] == triton_sweep
     checked += 1
 print("checked", checked)
 """
@@ -547,4 +564,4 @@ def test_dense_split_k_prototype_in_triton_interpreter() -> None:
         cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
-    assert "checked 31" in proc.stdout, proc.stdout
+    assert "checked 34" in proc.stdout, proc.stdout
