@@ -339,13 +339,6 @@ def measure_shape(args, name: str, bw: float) -> list[dict]:
     return rows
 
 
-def measure(args) -> list[dict]:
-    from benchmarks.moe_layer import copy_bandwidth
-
-    bw = copy_bandwidth()  # bytes/s of HBM traffic, as moe_layer.py's floors use it
-    return [row for name in args.shapes for row in measure_shape(args, name, bw)]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
@@ -371,14 +364,19 @@ def main() -> None:
     parser.add_argument("--out", default="dense_fp8.json")
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args()
-    rows = measure(args)
-    totals = step_totals(rows)
-    for entry in totals:
+    from benchmarks.moe_layer import copy_bandwidth
+
+    bw = copy_bandwidth()  # bytes/s of HBM traffic, as moe_layer.py's floors use it
+    rows: list[dict] = []
+    for name in args.shapes:
+        rows += measure_shape(args, name, bw)
+        # Written after each shape: a run cut short keeps what it measured.
+        with open(args.out, "w") as f:
+            json.dump({"bandwidth": bw, "rows": rows, "step": step_totals(rows)}, f, indent=1)
+        if args.write_configs:
+            write_configs(rows, args.write_configs)
+    for entry in step_totals(rows):
         print(json.dumps(entry), flush=True)
-    with open(args.out, "w") as f:
-        json.dump({"rows": rows, "step": totals}, f, indent=1)
-    if args.write_configs:
-        write_configs(rows, args.write_configs)
 
 
 def config_files(rows: list[dict], shipped) -> dict[str, dict]:
