@@ -129,6 +129,8 @@ def split_k_kernel():
             # order and resets the tile's counter for the next launch.
             part = partial_ptr + rows[:, None] * N + cols[None, :]
             tl.store(part + pid_k * M * N, acc, mask=mask)
+            # Every thread's partial stored before the (one-thread) release below.
+            tl.debug_barrier()
             tile = pid_m * tl.num_programs(0) + pid_n
             arrived = tl.atomic_add(counter_ptr + tile, 1, sem="acq_rel")
             if arrived == SPLIT_K - 1:
