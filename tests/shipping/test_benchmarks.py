@@ -206,7 +206,8 @@ def test_quantize_align_mode_turns_off_what_tritonexperts_asks() -> None:
 
 def test_moe_sum_mode_turns_off_what_tritonexperts_asks() -> None:
     """moe_layer.py moe-sum's "ops_moe_sum" setting sets the limit TritonExperts.moe_sum reads
-    (MOE_SUM_TRITON_MAX_TOKENS, imported into triton_moe's namespace) to 0 tokens."""
+    (through _sums_with_triton: MOE_SUM_TRITON_MAX_TOKENS, imported into triton_moe's namespace)
+    to 0 tokens."""
     import inspect
 
     from vllm.model_executor.layers.fused_moe.experts import triton_moe
@@ -214,8 +215,10 @@ def test_moe_sum_mode_turns_off_what_tritonexperts_asks() -> None:
     from benchmarks import moe_layer
 
     moe_sum_src = inspect.getsource(triton_moe.TritonExperts.moe_sum)
-    assert "<= MOE_SUM_TRITON_MAX_TOKENS" in moe_sum_src
+    assert "self._sums_with_triton(input, output)" in moe_sum_src
     assert "moe_sum_triton(" in moe_sum_src
+    limit_src = inspect.getsource(triton_moe.TritonExperts._sums_with_triton)
+    assert "<= MOE_SUM_TRITON_MAX_TOKENS" in limit_src
     assert isinstance(triton_moe.MOE_SUM_TRITON_MAX_TOKENS, int)
     assert '"MOE_SUM_TRITON_MAX_TOKENS", 0' in inspect.getsource(moe_layer.moe_sum)
     assert "moe-sum" in inspect.getsource(moe_layer.main)
