@@ -511,8 +511,8 @@ def parse_variant(text: str) -> dict:
         if key not in ("replicas", "site", "set", "engine") or not value:
             raise SystemExit(f"bad variant option {option!r} in {text!r} ({usage})")
         if key == "engine":
-            name, _, literal = value.partition("=")
-            if not name.isidentifier() or not literal:
+            arg, _, literal = value.partition("=")
+            if not arg.isidentifier() or not literal:
                 raise SystemExit(
                     f"bad engine option {option!r} in {text!r}: engine=ARG=VALUE, ARG one of "
                     "vLLM's engine arguments (e.g. linear_backend)"
@@ -521,7 +521,7 @@ def parse_variant(text: str) -> dict:
                 parsed = ast.literal_eval(literal)
             except (ValueError, SyntaxError):
                 parsed = literal  # a bare word: the string
-            variant.setdefault("engine", {})[name] = parsed
+            variant.setdefault("engine", {})[arg] = parsed
             continue
         if key != "set":
             variant[key] = value
