@@ -8,7 +8,10 @@ these shapes (``--linear-backend triton``). Per shape (DeepSeek-V3 per-rank TP8 
 size M, each kernel's time in a CUDA graph of back-to-back calls over weight copies that together
 exceed the L2 cache (as a step's 61 layers do), its floor (weight bytes / the measured copy
 bandwidth), and the Triton output's mean relative difference from cutlass's (the same inputs; not
-bit-equal: different accumulation). Per M, the sum over a decode step's launches.
+bit-equal: different accumulation). Per M, the sum over a decode step's launches. vLLM's Triton
+kernel runs twice: with its shipped config file's tile ("triton") and with the fastest of
+--triton-sweep ("triton_tuned"; N tiles down to 16); --write-configs writes vLLM's config files
+with those tiles (for `gpu_host.sh tuned-site` and an engine A/B with --linear-backend triton).
 
 A third candidate, ``split_k`` (a prototype here, not in the series): vLLM's Triton kernel's loop
 with K split over SPLIT_K programs per output tile (as patch 0006 does for the MoE gate-up GEMM:
@@ -16,8 +19,10 @@ at decode sizes a tile grid of 17-112 programs cannot keep 132 SMs reading), the
 summed in a fixed order by the tile's last program to finish (a per-tile counter it resets), so
 one launch and a deterministic result. Swept over a few tiles per shape and M (--sweep).
 
-    python -m benchmarks.dense_fp8 --out dense_fp8.json [--tokens 1 4 16]
-    benchmarks/gpu_host.sh dense-fp8
+    python -m benchmarks.dense_fp8 --out dense_fp8.json [--tokens 1 4 16] [--write-configs DIR]
+    benchmarks/gpu_host.sh dense-fp8 --write-configs /root/dense-configs
+
+Results are written after each shape (a run cut short keeps what it measured).
 """
 
 from __future__ import annotations
