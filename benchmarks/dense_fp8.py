@@ -266,6 +266,7 @@ def measure_shape(args, name: str, bw: float) -> list[dict]:
         for _ in range(count)
     ]
     floor_us = n * k / bw * 1e6
+    shipped = fp8_utils.get_w8a8_block_fp8_configs
     rows = []
 
     def timed(run) -> float:
@@ -293,25 +294,21 @@ def measure_shape(args, name: str, bw: float) -> list[dict]:
         }
         times = {kernel: timed(run) for kernel, run in runs.items()}
         extra: dict = {"cutlass": {}, "triton": {}}
+
         # vLLM's Triton kernel with each tile of TRITON_SWEEP as its config file's entry.
-        shipped = fp8_utils.get_w8a8_block_fp8_configs
-        tuned = []
-        for config in args.triton_sweep:
-            fp8_utils.get_w8a8_block_fp8_configs = lambda *_, c=config, m=m: {m: c}
-            try:
-                tuned.append((timed(runs["triton"]), config))
-            finally:
-                fp8_utils.get_w8a8_block_fp8_configs = shipped
+        def with_tile(config, run=runs["triton"], m=m):
+            def call(b, bs):
+                fp8_utils.get_w8a8_block_fp8_configs = lambda *_: {m: config}
+                try:
+                    return run(b, bs)
+                finally:
+                    fp8_utils.get_w8a8_block_fp8_configs = shipped
+
+            return call
+
+        tuned = [(timed(with_tile(config)), config) for config in args.triton_sweep]
         best_tuned_us, best_tuned = min(tuned, key=lambda entry: entry[0])
-
-        def triton_tuned(b, bs, c=best_tuned, m=m, run=runs["triton"], shipped=shipped):
-            fp8_utils.get_w8a8_block_fp8_configs = lambda *_: {m: c}
-            try:
-                return run(b, bs)
-            finally:
-                fp8_utils.get_w8a8_block_fp8_configs = shipped
-
-        runs["triton_tuned"] = triton_tuned
+        runs["triton_tuned"] = with_tile(best_tuned)
         times["triton_tuned"] = best_tuned_us
         extra["triton_tuned"] = {"config": best_tuned, "sweep": [[us, c] for us, c in tuned]}
         # The split-K prototype: the sweep's fastest tile.
