@@ -59,6 +59,7 @@ Per process, after warm-up generates that are dropped (each shape once):
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -220,6 +221,12 @@ def generate(llm, requests: list[dict], tokens: int) -> tuple[float, list]:
     return time.perf_counter() - start, outputs
 
 
+def tokens_digest(outputs) -> str:
+    """The generated token ids of ``outputs`` (in request order), hashed."""
+    ids = [list(o.outputs[0].token_ids) for o in outputs]
+    return hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]
+
+
 def emit(row: dict) -> None:
     print("RESULT " + json.dumps(row), flush=True)
 
@@ -248,11 +255,12 @@ def measure(args) -> None:
             # Warm-ups at this size, for both prompt lengths (new shapes compile).
             generate(llm, prompts(batch, args.itl_prompt, 1, args.vocab), 8)
             generate(llm, prompts(batch, args.ttft_prompt, 1, args.vocab), 1)
-            ttft, itl = [], []
+            ttft, itl, digests = [], [], set()
             for _ in range(args.reps):
                 first = prompts(batch, args.ttft_prompt, 2, args.vocab)
                 ttft.append(generate(llm, first, 1)[0] * 1e3)
                 outputs = generate(llm, prompts(batch, args.itl_prompt, 3, args.vocab), 65)[1]
+                digests.add(tokens_digest(outputs))
                 itl.append(
                     statistics.fmean(
                         (o.metrics.last_token_ts - o.metrics.first_token_ts)
@@ -270,6 +278,9 @@ def measure(args) -> None:
                         "metric": metric,
                         "median": statistics.median(values),
                         "values": values,
+                        # Greedy tokens of the timed requests: variants whose
+                        # kernels give the same bits must give the same tokens.
+                        **({"tokens": sorted(digests)} if metric == "itl_ms" else {}),
                     }
                 )
     if "profile" in args.workloads:

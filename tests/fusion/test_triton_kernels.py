@@ -311,7 +311,15 @@ for tokens, top_k, experts, replicas, block in [
     ids = torch.cat([routed, shared], 1).to(torch.int32)
     before = ids.clone()
     for align in (False, True):
-        got = qa(x, ids, block, experts, 128, align=align, num_ids=experts + replicas)
+        # The assignment's int32 buffers filled beforehand: nothing may be written past its blocks.
+        real_empty = torch.empty
+        torch.empty = lambda *a, **kw: (
+            real_empty(*a, **kw).fill_(-7) if kw.get("dtype") == torch.int32 else real_empty(*a, **kw)
+        )
+        try:
+            got = qa(x, ids, block, experts, 128, align=align, num_ids=experts + replicas)
+        finally:
+            torch.empty = real_empty
         want = qa(x, ids, block, experts + replicas, 128, align=align)
         assert torch.equal(got[0].float(), want[0].float()) and torch.equal(got[1], want[1])
         assert torch.equal(ids, before)
@@ -322,6 +330,8 @@ for tokens, top_k, experts, replicas, block in [
             assert torch.equal(got[3], want_ids) and got[3].data_ptr() != ids.data_ptr()
         else:
             check_aligned(*got[2:], ids, block, experts)
+            total = int(got[4].item())
+            assert bool((got[2][total:] == -7).all()) and bool((got[3][total // block :] == -7).all())
         cases += 1
 try:
     qa(x, ids, 16, experts, 128, align=False, num_ids=experts)
