@@ -37,6 +37,7 @@ DAY11 = "2026-12-03"  # the fourteenth session: sef8 throughput, in-GEMM input q
 DAY12 = "2026-12-04"  # the fifteenth session: sef9 (patch 0013, quantize + align in one launch)
 DAY13 = "2026-12-04"  # sixteenth session: sef9 A B A B, sef10 (patch 0014, moe_sum in Triton)
 DAY14 = "2026-12-04"  # seventeenth session: sef10 A B A B with the engine-step profile
+DAY15 = "2026-12-05"  # nineteenth session: sef11 on an H100, dense FP8 GEMMs, the 0010 race
 
 
 def layer_rows() -> list[dict]:
@@ -237,6 +238,16 @@ def e2e_rows() -> list[dict]:
             prefix_caching=False,
         )
         + engine_step_rows(REALISTIC_SEF10_ABAB, "e2e_step_sef10", DAY14)
+        + realistic_rows(
+            REALISTIC_SEF11_H100,
+            "e2e_dsv3_tp8_rank_fp8_realistic_sef11_h100_l30",
+            set(),
+            date=DAY15,
+            prefix_caching=False,
+            gpu=H100,
+            extra=H100_L30,
+        )
+        + engine_step_rows(REALISTIC_SEF11_H100, "e2e_step_sef11_h100_l30", DAY15, H100, H100_L30)
     )
 
 
@@ -299,6 +310,14 @@ REALISTIC_SEF9_ABAB = ["e2e_realistic_sef9_abab"]
 # one lease (fused 0 alone in a call, then two per call); the call of a second off process and a
 # third fused one was lost with the machine (it stopped answering).
 REALISTIC_SEF10_ABAB = ["e2e_realistic_sef10_abab"]
+# sef11 on an H100 (eighteenth-nineteenth session, no H200 lent): the model cut to 30 layers (27
+# MoE) to fit 80 GB, ITL/TTFT (two repetitions) and the profile per process, `--capture-sizes 1
+# 4 16`; processes fused, fused_aux, fused, fused_aux, stock, stock, off, off. The fused_aux
+# processes (patch 0015's window opened to 1 token) ran with patch 0010's buffer race (fixed in
+# sef12) and stay out of the rows: only stock, off and fused count.
+REALISTIC_SEF11_H100 = ["e2e_realistic_sef11_h100_l30"]
+H100 = "NVIDIA H100 80GB HBM3"
+H100_L30 = {"layers": 30, "note": "61-layer model cut to 30 layers to fit the H100's 80 GB"}
 
 
 def probe_distinct() -> dict[int, float]:
@@ -332,6 +351,8 @@ def realistic_rows(
     throughput: str = "throughput",
     date: str = "",
     prefix_caching: bool = True,
+    gpu: str = GPU,
+    extra: dict | None = None,
 ) -> list[dict]:
     """Summary rows of benchmarks/e2e.py's raw files: e2e rows named ``name``, throughput
     rows named ``throughput``. ``prefix_caching``: the run had vLLM's prefix caching on (the
@@ -364,9 +385,10 @@ def realistic_rows(
             "processes": dict(processes[key]),
             **off_columns(sides["off"], statistics.median(sides["stock"])),
             "routing": "realistic",
-            "gpu": GPU,
+            "gpu": gpu,
             "vllm": VLLM,
             "date": date or DAY4,
+            **(extra or {}),
         }
         if workload is not None:
             row["workload"] = workload
@@ -380,7 +402,9 @@ def realistic_rows(
     return rows
 
 
-def engine_step_rows(files: list[str], name: str, date: str) -> list[dict]:
+def engine_step_rows(
+    files: list[str], name: str, date: str, gpu: str = GPU, extra: dict | None = None
+) -> list[dict]:
     """Rows of benchmarks/e2e.py's profile workload: per decode step, the GPU's busy time (the
     union of the kernels' intervals; ``measure`` "busy") and the span from the first kernel's start
     to the last one's end ("span"), median over processes; scenario ``name``_busy / _span."""
@@ -406,9 +430,10 @@ def engine_step_rows(files: list[str], name: str, date: str) -> list[dict]:
                 **off_columns(sides["off"], statistics.median(sides["stock"])),
                 "routing": "realistic",
                 "distinct_experts": distinct[batch],
-                "gpu": GPU,
+                "gpu": gpu,
                 "vllm": VLLM,
                 "date": date,
+                **(extra or {}),
             }
         )
     return rows
@@ -827,6 +852,40 @@ def tile_rows() -> list[dict]:
     ]
 
 
+def dense_fp8_rows() -> list[dict]:
+    """``benchmarks/dense_fp8.py`` (sef11, H100): per batch size, the decode step's dense block-FP8
+    GEMMs (attention's projections and the first layers' MLPs, 189 launches; the unfused shared
+    expert's two, 116) with vLLM's cutlass kernel (``stock``) against vLLM's Triton kernel with
+    tuned tiles and against the split-K prototype (``fused``), each in CUDA graphs over weight
+    copies larger than L2; ``floor_us``: the weights' bytes at the measured copy bandwidth."""
+    data = json.loads((RAW / "dense_fp8_sef11_h100.json").read_text())
+    step = {(r["gemms"], r["m"], r["kernel"]): r for r in data["step"]}
+    rows = []
+    for (gemms, m, kernel), r in sorted(step.items()):
+        if kernel not in ("triton_tuned", "split_k"):
+            continue
+        cutlass = step[(gemms, m, "cutlass")]["step_us"]
+        rows.append(
+            {
+                "scenario": f"dense_fp8_step_{kernel}"
+                + ("_shared_expert" if gemms == "shared expert" else ""),
+                "dtype": "fp8",
+                "tp_equiv": 8,
+                "batch": m,
+                "metric": "step_us",
+                "stock": round(cutlass, 1),
+                "fused": round(r["step_us"], 1),
+                "ratio": round(r["step_us"] / cutlass, 3),
+                "compares": f"{gemms}: vLLM's cutlass block-FP8 kernel / {kernel}",
+                "floor_us": round(r["floor_us"], 1),
+                "gpu": H100,
+                "vllm": VLLM,
+                "date": DAY15,
+            }
+        )
+    return rows
+
+
 def summary_rows() -> list[dict]:
     """Every row of summary.json, in its order."""
     return (
@@ -841,6 +900,7 @@ def summary_rows() -> list[dict]:
         + pdl_rows()
         + shared_stream_rows()
         + tile_rows()
+        + dense_fp8_rows()
         + e2e_rows()
     )
 
