@@ -249,6 +249,8 @@ def measure(args) -> None:
         base["constants"] = wanted
     if args.engine:
         base["engine"] = args.engine
+    if os.environ.get("SEF_VARIANT_ENV"):
+        base["env"] = {n: os.environ[n] for n in json.loads(os.environ["SEF_VARIANT_ENV"])}
     generate(llm, prompts(8, 64, 99, args.vocab), 16)  # warm-up, dropped
     if "itl" in args.workloads:
         for batch in args.batches:
@@ -440,6 +442,9 @@ def run_worker(args, variant: dict, round_: int, model: Path, probe_mode: bool) 
         env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     if "site" in variant:
         env["PYTHONPATH"] = os.pathsep.join([variant["site"], env.get("PYTHONPATH", "")])
+    if variant.get("env"):
+        env.update(variant["env"])
+        env["SEF_VARIANT_ENV"] = json.dumps(sorted(variant["env"]))
     if variant.get("set"):
         env["SEF_SET_CONSTANTS"] = json.dumps(variant["set"])
         env["PYTHONPATH"] = os.pathsep.join([str(CONSTANTS_SITE), env["PYTHONPATH"]])
@@ -516,11 +521,20 @@ def parse_variant(text: str) -> dict:
 
     name, *options = text.split(",")
     variant: dict = {"name": name}
-    usage = "replicas=R, site=DIR, set=MODULE.NAME=VALUE, engine=ARG=VALUE"
+    usage = "replicas=R, site=DIR, set=MODULE.NAME=VALUE, engine=ARG=VALUE, env=NAME=VALUE"
     for option in options:
         key, _, value = option.partition("=")
-        if key not in ("replicas", "site", "set", "engine") or not value:
+        if key not in ("replicas", "site", "set", "engine", "env") or not value:
             raise SystemExit(f"bad variant option {option!r} in {text!r} ({usage})")
+        if key == "env":
+            name, _, setting = value.partition("=")
+            if not name.startswith("VLLM_") or not name.isidentifier() or not setting:
+                raise SystemExit(
+                    f"bad env option {option!r} in {text!r}: env=NAME=VALUE, NAME a vLLM "
+                    "environment variable (VLLM_...)"
+                )
+            variant.setdefault("env", {})[name] = setting
+            continue
         if key == "engine":
             arg, _, literal = value.partition("=")
             if not arg.isidentifier() or not literal:

@@ -99,6 +99,7 @@ print('ll_bf16 router GEMM available:', a())"
     rm -rf "$dir" && mkdir -p "$dir"
     (cd vllm && cp -r --parents tests/__init__.py tests/kernels/__init__.py tests/kernels/utils.py \
       tests/kernels/quant_utils.py tests/kernels/moe tests/kernels/quantization/nvfp4_utils.py \
+      tests/kernels/quantization/test_block_fp8_split_k.py \
       "$dir/")
     # vLLM's tests/conftest.py needs the whole test suite: its workspace_init fixture alone.
     python3 -c '

@@ -13,6 +13,8 @@ it does in vLLM.
   (tests/fusion/test_triton_kernels.py).
 - ``moe_sum``: patch 0014's Triton launch of the top-k sum, each token's last row read from another
   buffer with patch 0015 (tests/fusion/test_triton_kernels.py).
+- ``dense_split_k``: patch 0016's split-K block-FP8 GEMM of dense linear layers
+  (tests/fusion/test_triton_kernels.py).
 """
 
 from __future__ import annotations
@@ -80,6 +82,8 @@ def _defines(node: ast.stmt) -> str | None:
     """The name a top-level function, class or single-name assignment defines."""
     if isinstance(node, ast.Assign) and len(node.targets) == 1:
         return getattr(node.targets[0], "id", None)
+    if isinstance(node, ast.AnnAssign):
+        return getattr(node.target, "id", None)
     return getattr(node, "name", None)
 
 
@@ -150,3 +154,25 @@ def quantize_and_align() -> Callable:
 def moe_sum() -> Callable:
     """``moe_sum_triton`` as the installed vLLM defines it (patch 0014)."""
     return load(FUSED_MOE, ("_moe_sum_kernel", "moe_sum_triton"))["moe_sum_triton"]
+
+
+DENSE_SPLIT_K = "model_executor/kernels/linear/scaled_mm/split_k.py"
+
+
+def dense_split_k() -> dict:
+    """Patch 0016's ``block_fp8_split_k_mm`` and ``split_k_config`` (and the module's
+    definitions they use) as the installed vLLM defines them, by name."""
+    return load(
+        DENSE_SPLIT_K,
+        (
+            "BLOCK_M",
+            "GROUP",
+            "PROGRAMS_PER_SM",
+            "MAX_SPLIT_K",
+            "_block_fp8_split_k_kernel",
+            "split_k_config",
+            "_counters",
+            "_tile_counters",
+            "block_fp8_split_k_mm",
+        ),
+    )

@@ -395,3 +395,73 @@ print("checked", cases)
 
 def test_moe_sum_sums_in_the_slots_order() -> None:
     interpret(MOE_SUM_SCRIPT, 24)
+
+
+DENSE_SPLIT_K_SCRIPT = """
+import torch
+from sefkit.triton_kernels import dense_split_k
+
+ns = dense_split_k()
+mm, config = ns["block_fp8_split_k_mm"], ns["split_k_config"]
+torch.manual_seed(0)
+checked = 0
+fp8 = torch.float8_e4m3fn
+
+
+def operands(m, n, k, values):
+    # Small integers times powers of two: every product and sum below is exact in float32.
+    kb, nb = -(-k // 128), -(-n // 128)
+    a = torch.randint(-values, values + 1, (m, k)).to(fp8)
+    b = torch.randint(-values, values + 1, (n, k)).to(fp8)
+    a_s = torch.empty(kb, m).T  # column-major, as cutlass's activation scales
+    a_s.copy_(2.0 ** torch.randint(-3, 3, (m, kb)).float())
+    b_s = 2.0 ** torch.randint(-3, 3, (nb, kb)).float()
+    ref = torch.zeros(m, n, dtype=torch.float64)
+    for i in range(kb):
+        cols = slice(i * 128, (i + 1) * 128)
+        a_blk = a[:, cols].double() * a_s[:, i : i + 1].double()
+        b_blk = b[:, cols].double() * b_s[:, i].double().repeat_interleave(128)[:n, None]
+        ref += a_blk @ b_blk.T
+    return a, b, a_s, b_s, ref
+
+
+# (M, N, K, BLOCK_N, SPLIT_K): ragged N and K, uneven and empty last splits, two M tiles.
+for m, n, k, block_n, split_k in [
+    (1, 192, 512, 64, 1), (1, 192, 512, 64, 4), (3, 160, 640, 32, 2), (5, 96, 384, 32, 8),
+    (17, 128, 1024, 64, 4), (16, 72, 256, 32, 2), (2, 64, 320, 32, 2),
+]:
+    a, b, a_s, b_s, ref = operands(m, n, k, 4)
+    for _ in range(2):  # the second launch finds the tiles' counters back at zero
+        out = mm(a, b, a_s, b_s, torch.float32, split_k=split_k, block_n=block_n)
+        assert out.shape == (m, n) and out.dtype == torch.float32
+        assert torch.equal(out.double(), ref), (m, n, k, split_k, (out.double() - ref).abs().max())
+        assert all(int(c.abs().sum()) == 0 for c in ns["_counters"].values())
+        checked += 1
+# bf16 output: sums of at most 256 units, exact in bf16.
+a, b, _, _, _ = operands(4, 96, 256, 1)
+ones_a, ones_b = torch.ones(4, 2), torch.ones(1, 2)
+out = mm(a, b, ones_a, ones_b, torch.bfloat16, split_k=2, block_n=32)
+assert out.dtype == torch.bfloat16 and torch.equal(out.float(), a.float() @ b.float().T)
+checked += 1
+# Scales that are not per (row, 128) and per 128 x 128 block are refused.
+for bad in (torch.ones(4, 3), torch.ones(2, 2)):
+    try:
+        mm(a, b, bad, ones_b, torch.bfloat16, split_k=2, block_n=32)
+    except ValueError as e:
+        assert "scales" in str(e)
+        checked += 1
+# The split and tile per shape (H100: 132 SMs; DeepSeek-V3's TP8 widths).
+for (m, n, k), want in {
+    (1, 2112, 7168): (64, 8), (4, 2112, 7168): (32, 8), (16, 2112, 7168): (32, 8),
+    (4, 3072, 1536): (32, 4), (1, 7168, 2048): (64, 4), (16, 7168, 2048): (32, 2),
+    (4, 4608, 7168): (32, 4), (4, 512, 7168): (32, 8), (4, 7168, 256): (32, 1),
+    (32, 2112, 7168): (32, 4),
+}.items():
+    assert config(m, n, k, 132) == want, ((m, n, k), config(m, n, k, 132), want)
+    checked += 1
+print("checked", checked)
+"""
+
+
+def test_dense_split_k_gemm_sums_the_splits() -> None:
+    interpret(DENSE_SPLIT_K_SCRIPT, 27)

@@ -371,6 +371,20 @@ def test_variant_engine_options_parse_into_engine_arguments() -> None:
             e2e.parse_variant(bad)
 
 
+def test_variant_env_options_parse_into_vllm_settings() -> None:
+    from benchmarks import e2e
+
+    variant = e2e.parse_variant("d,replicas=1,env=VLLM_BLOCK_FP8_SPLIT_K_MAX_TOKENS=16")
+    assert variant == {
+        "name": "d",
+        "replicas": "1",
+        "env": {"VLLM_BLOCK_FP8_SPLIT_K_MAX_TOKENS": "16"},
+    }
+    for bad in ("v,env=PATH=/x", "v,env=VLLM_X=", "v,env=VLLM-X=1"):
+        with pytest.raises(SystemExit, match=r"env=NAME=VALUE"):
+            e2e.parse_variant(bad)
+
+
 SET_CHILD = """
 import json, multiprocessing as mp, sys
 
