@@ -13,11 +13,13 @@ kernel runs twice: with its shipped config file's tile ("triton") and with the f
 --triton-sweep ("triton_tuned"; N tiles down to 16); --write-configs writes vLLM's config files
 with those tiles (for `gpu_host.sh tuned-site` and an engine A/B with --linear-backend triton).
 
-A third candidate, ``split_k`` (a prototype here, not in the series): vLLM's Triton kernel's loop
-with K split over SPLIT_K programs per output tile (as patch 0006 does for the MoE gate-up GEMM:
-at decode sizes a tile grid of 17-112 programs cannot keep 132 SMs reading), the float32 partials
-summed in a fixed order by the tile's last program to finish (a per-tile counter it resets), so
-one launch and a deterministic result. Swept over a few tiles per shape and M (--sweep).
+A third candidate, ``split_k``: patch 0016's ``block_fp8_split_k_mm`` (measured as a prototype
+here in sef11, then moved into the series): vLLM's Triton kernel's loop with K split over SPLIT_K
+programs per output tile (as patch 0006 does for the MoE gate-up GEMM: at decode sizes a tile
+grid of 17-112 programs cannot keep 132 SMs reading), the float32 partials summed in a fixed
+order by the tile's last program to finish (a per-tile counter it resets), so one launch and a
+deterministic result. Swept over a few tiles per shape and M (--sweep); the patch picks its own
+with ``split_k_config``.
 
     python -m benchmarks.dense_fp8 --out dense_fp8.json [--tokens 1 4 16] [--write-configs DIR]
     benchmarks/gpu_host.sh dense-fp8 --write-configs /root/dense-configs
@@ -48,12 +50,8 @@ TOKENS = [1, 4, 16, 64]
 L2_BYTES = 50 << 20  # H200: 50 MB
 
 
-# The split-K prototype's tiles (BLOCK_M 16).
-SWEEP = [
-    {"BLOCK_N": bn, "SPLIT_K": sk, "num_warps": 4, "num_stages": 4}
-    for bn in (16, 32, 64, 128)
-    for sk in (1, 2, 4, 8)
-]
+# The split-K kernel's tiles (BLOCK_M 16; four warps, four stages, as patch 0016 launches it).
+SWEEP = [{"BLOCK_N": bn, "SPLIT_K": sk} for bn in (16, 32, 64, 128) for sk in (1, 2, 4, 8)]
 # vLLM's Triton kernel's tiles ("triton_tuned"; "triton" is its shipped config file's choice):
 # narrower N tiles than its H200 files hold (32 at one token for N=2112: 66 programs).
 TRITON_SWEEP = [
@@ -70,144 +68,30 @@ TRITON_SWEEP = [
 ]
 
 
-def split_k_kernel():
-    """The split-K block-FP8 GEMM's Triton kernel (built on first use: TRITON_INTERPRET must be
-    set before triton is imported)."""
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def kernel(
-        a_ptr,
-        b_ptr,
-        c_ptr,
-        as_ptr,
-        bs_ptr,
-        partial_ptr,
-        counter_ptr,
-        M,
-        N,
-        K,
-        stride_am,
-        stride_bn,
-        stride_cm,
-        stride_asm,
-        stride_ask,
-        stride_bsn,
-        stride_bsk,
-        BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-        BLOCK_K: tl.constexpr,
-        SPLIT_K: tl.constexpr,
-    ):
-        pid_n = tl.program_id(0)
-        pid_m = tl.program_id(1)
-        pid_k = tl.program_id(2)
-        num_k = tl.cdiv(K, BLOCK_K)
-        per_split = tl.cdiv(num_k, SPLIT_K)
-        k_begin = pid_k * per_split
-        k_end = tl.minimum(k_begin + per_split, num_k)
-        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        # In-bounds loads (wrapped, as vLLM's kernel does); the stores are masked.
-        offs_m = rows % M
-        offs_n = cols % N
-        offs_k = tl.arange(0, BLOCK_K)
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for kb in range(k_begin, k_end):
-            k = kb * BLOCK_K + offs_k
-            a = tl.load(
-                a_ptr + offs_m[:, None] * stride_am + k[None, :], mask=k[None, :] < K, other=0.0
-            )
-            b = tl.load(
-                b_ptr + offs_n[None, :] * stride_bn + k[:, None], mask=k[:, None] < K, other=0.0
-            )
-            a_s = tl.load(as_ptr + offs_m * stride_asm + kb * stride_ask)
-            b_s = tl.load(bs_ptr + (offs_n // 128) * stride_bsn + kb * stride_bsk)
-            acc += tl.dot(a, b) * a_s[:, None] * b_s[None, :]
-        mask = (rows[:, None] < M) & (cols[None, :] < N)
-        c_ptrs = c_ptr + rows[:, None] * stride_cm + cols[None, :]
-        if SPLIT_K == 1:
-            tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask)
-        else:
-            # Partials [SPLIT_K, M, N] in float32; the tile's last program sums them in split
-            # order and resets the tile's counter for the next launch.
-            part = partial_ptr + rows[:, None] * N + cols[None, :]
-            tl.store(part + pid_k * M * N, acc, mask=mask)
-            # Every thread's partial stored before the (one-thread) release below.
-            tl.debug_barrier()
-            tile = pid_m * tl.num_programs(0) + pid_n
-            arrived = tl.atomic_add(counter_ptr + tile, 1, sem="acq_rel")
-            if arrived == SPLIT_K - 1:
-                total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-                for split in tl.static_range(SPLIT_K):
-                    total += tl.load(
-                        part + split * M * N, mask=mask, other=0.0, cache_modifier=".cg"
-                    )
-                tl.store(c_ptrs, total.to(c_ptr.dtype.element_ty), mask=mask)
-                tl.atomic_xchg(counter_ptr + tile, 0)
-
-    return kernel
-
-
-_KERNEL = None
-_COUNTERS: dict = {}
+_SPLIT_K: dict | None = None
 
 
 def split_k_gemm(a, b, a_scale, b_scale, config: dict, out_dtype=None):
-    """C = (A * a_scale) @ (B * b_scale).T for FP8 A [M, K] with per-(row, 128) scales (any
-    layout) and FP8 B [N, K] with [N/128, K/128] scales, K split over config["SPLIT_K"] programs
-    per tile of BLOCK_M (16) x config["BLOCK_N"]."""
+    """Patch 0016's ``block_fp8_split_k_mm`` (the installed vLLM's, compiled from its source by
+    sefkit.triton_kernels, so the interpreter can run it on a CPU) with ``config``'s tile:
+    C = (A * a_scale) @ (B * b_scale).T, K split over config["SPLIT_K"] programs per tile of 16
+    rows x config["BLOCK_N"] columns."""
     import torch
-    import triton
 
-    global _KERNEL
-    if _KERNEL is None:
-        _KERNEL = split_k_kernel()
-    m, k = a.shape
-    n = b.shape[0]
-    if b.shape[1] != k or a.stride(1) != 1 or b.stride(1) != 1:
-        raise ValueError(f"split_k_gemm: A {tuple(a.shape)} and B {tuple(b.shape)}")
-    split_k = config["SPLIT_K"]
-    block_m, block_n = 16, config["BLOCK_N"]
-    if 128 % block_n and block_n % 128:
-        raise ValueError(f"BLOCK_N={block_n}: must divide or be a multiple of the 128 group")
-    out = torch.empty((m, n), device=a.device, dtype=out_dtype or torch.bfloat16)
-    grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m), split_k)
-    partial = counters = out
-    if split_k > 1:
-        partial = torch.empty((split_k, m, n), device=a.device, dtype=torch.float32)
-        tiles = grid[0] * grid[1]
-        key = (a.device, tiles)
-        if key not in _COUNTERS or _COUNTERS[key].numel() < tiles:
-            _COUNTERS[key] = torch.zeros(tiles, device=a.device, dtype=torch.int32)
-        counters = _COUNTERS[key]
-    _KERNEL[grid](
+    global _SPLIT_K
+    if _SPLIT_K is None:
+        from sefkit.triton_kernels import dense_split_k
+
+        _SPLIT_K = dense_split_k()
+    return _SPLIT_K["block_fp8_split_k_mm"](
         a,
         b,
-        out,
         a_scale,
         b_scale,
-        partial,
-        counters,
-        m,
-        n,
-        k,
-        a.stride(0),
-        b.stride(0),
-        out.stride(0),
-        a_scale.stride(0),
-        a_scale.stride(1),
-        b_scale.stride(0),
-        b_scale.stride(1),
-        BLOCK_M=block_m,
-        BLOCK_N=block_n,
-        BLOCK_K=128,
-        SPLIT_K=split_k,
-        num_warps=config["num_warps"],
-        num_stages=config["num_stages"],
+        out_dtype or torch.bfloat16,
+        split_k=config["SPLIT_K"],
+        block_n=config["BLOCK_N"],
     )
-    return out
 
 
 def copies_for(n: int, k: int, minimum: int = 4) -> int:
@@ -311,7 +195,7 @@ def measure_shape(args, name: str, bw: float) -> list[dict]:
         runs["triton_tuned"] = with_tile(best_tuned)
         times["triton_tuned"] = best_tuned_us
         extra["triton_tuned"] = {"config": best_tuned, "sweep": [[us, c] for us, c in tuned]}
-        # The split-K prototype: the sweep's fastest tile.
+        # Patch 0016's split-K kernel: the sweep's fastest tile.
         sweep = [
             (timed(lambda b, bs, c=config, a=a_col, s=s_col: split_k_gemm(a, b, s, bs, c)), config)
             for config in args.sweep
@@ -352,7 +236,7 @@ def main() -> None:
         "--sweep",
         type=json.loads,
         default=SWEEP,
-        help="split_k: JSON list of tiles ({BLOCK_N, SPLIT_K, num_warps, num_stages})",
+        help="split_k: JSON list of tiles ({BLOCK_N, SPLIT_K})",
     )
     parser.add_argument(
         "--triton-sweep",

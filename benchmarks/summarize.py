@@ -317,7 +317,12 @@ REALISTIC_SEF10_ABAB = ["e2e_realistic_sef10_abab"]
 # sef12) and stay out of the rows: only stock, off and fused count.
 REALISTIC_SEF11_H100 = ["e2e_realistic_sef11_h100_l30"]
 H100 = "NVIDIA H100 80GB HBM3"
-H100_L30 = {"layers": 30, "note": "61-layer model cut to 30 layers to fit the H100's 80 GB"}
+H100_L30 = {
+    "layers": 30,
+    "note": "61-layer model cut to 30 layers to fit the H100's 80 GB; distinct_experts is the "
+    "61-layer model's probe (the same seeded routers), not probed on this cut; stock and off "
+    "processes ran after the fused ones, not interleaved",
+}
 
 
 def probe_distinct() -> dict[int, float]:

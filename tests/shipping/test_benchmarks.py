@@ -489,7 +489,7 @@ for m, n, k in [(1, 200, 640), (3, 256, 384), (20, 96, 1024)]:
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
             checked += 1
 # Every tile's counter is back at zero for the next launch.
-assert all(int(c.abs().sum()) == 0 for c in dense_fp8._COUNTERS.values())
+assert all(int(c.abs().sum()) == 0 for c in dense_fp8._SPLIT_K["_counters"].values())
 checked += 1
 
 # measure_shape's rows, with stand-ins for the CUDA-only pieces: the kernels compute the
@@ -569,8 +569,9 @@ print("checked", checked)
 
 
 def test_dense_split_k_prototype_in_triton_interpreter() -> None:
-    """The split-K prototype of benchmarks/dense_fp8.py against a float reference, and the
-    benchmark's rows (CUDA-only kernels and timing stood in for), in Triton's interpreter."""
+    """The split-K kernel benchmarks/dense_fp8.py times (patch 0016's) against a float
+    reference, and the benchmark's rows (CUDA-only kernels and timing stood in for), in Triton's
+    interpreter."""
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
     proc = subprocess.run(
         [sys.executable, "-c", DENSE_SPLIT_K_SCRIPT],
