@@ -38,6 +38,7 @@ DAY12 = "2026-12-04"  # the fifteenth session: sef9 (patch 0013, quantize + alig
 DAY13 = "2026-12-04"  # sixteenth session: sef9 A B A B, sef10 (patch 0014, moe_sum in Triton)
 DAY14 = "2026-12-04"  # seventeenth session: sef10 A B A B with the engine-step profile
 DAY15 = "2026-12-05"  # nineteenth session: sef11 on an H100, dense FP8 GEMMs, the 0010 race
+DAY16 = "2026-12-06"  # twentieth session: sef12 on an H100, patch 0016 in the engine
 
 
 def layer_rows() -> list[dict]:
@@ -248,6 +249,28 @@ def e2e_rows() -> list[dict]:
             extra=H100_L30,
         )
         + engine_step_rows(REALISTIC_SEF11_H100, "e2e_step_sef11_h100_l30", DAY15, H100, H100_L30)
+        + [
+            row
+            for name, sides_of in SEF12_H100_SIDES.items()
+            for row in realistic_rows(
+                REALISTIC_SEF12_H100,
+                f"e2e_dsv3_tp8_rank_fp8_realistic_{name}_h100_l30",
+                set(),
+                date=DAY16,
+                prefix_caching=False,
+                gpu=H100,
+                extra=SEF12_H100_NOTE,
+                sides_of=sides_of,
+            )
+            + engine_step_rows(
+                REALISTIC_SEF12_H100,
+                f"e2e_step_{name}_h100_l30",
+                DAY16,
+                H100,
+                SEF12_H100_NOTE,
+                sides_of,
+            )
+        ]
     )
 
 
@@ -325,6 +348,26 @@ H100_L30 = {
 }
 
 
+# sef12 on an H100 (twentieth session), the same 30-layer cut, ITL/TTFT (two repetitions) and
+# the profile per process; four device calls of alternating processes: fused, fused_dense,
+# fused, fused_dense; stock, off_dense, stock, off_dense; fused_aux, fused, fused_aux, fused;
+# stock, fused_dense. *_dense: VLLM_BLOCK_FP8_SPLIT_K_MAX_TOKENS=16, patch 0016's split-K GEMM,
+# sef13's default on Hopper. Rows "sef12": the series as shipped in sef12 (cutlass) against
+# stock; rows "sef13": with the split-K GEMM, fusion on and off, against stock. fused_aux (0015's
+# window opened to 1 token) is in docs/benchmarks.md only.
+REALISTIC_SEF12_H100 = ["e2e_realistic_sef12_h100_l30"]
+SEF12_H100_SIDES = {
+    "sef12": {"stock": "stock", "fused": "fused"},
+    "sef13": {"stock": "stock", "fused_dense": "fused", "off_dense": "off"},
+}
+SEF12_H100_NOTE = {
+    "layers": 30,
+    "note": "61-layer model cut to 30 layers to fit the H100's 80 GB; distinct_experts is the "
+    "61-layer model's probe (the same seeded routers); processes alternate within each device "
+    "call, not across calls (stock ran 0.8-1.8% faster in its last call than in its first)",
+}
+
+
 def probe_distinct() -> dict[int, float]:
     """The mean distinct experts per MoE layer per decode step by batch size, from the routing
     probe of the realistic routers (``benchmarks/e2e.py --probe``)."""
@@ -358,11 +401,13 @@ def realistic_rows(
     prefix_caching: bool = True,
     gpu: str = GPU,
     extra: dict | None = None,
+    sides_of: dict[str, str] | None = None,
 ) -> list[dict]:
     """Summary rows of benchmarks/e2e.py's raw files: e2e rows named ``name``, throughput
     rows named ``throughput``. ``prefix_caching``: the run had vLLM's prefix caching on (the
     script did until sef5), so its TTFT repetitions after each batch's first were cache hits:
-    those rows say so."""
+    those rows say so. ``sides_of``: the raw variants that count, by the side (stock, off,
+    fused) each stands for; default: each variant its own name."""
     distinct = probe_distinct()
     values: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     processes: dict[tuple, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -370,10 +415,13 @@ def realistic_rows(
         for r in map(json.loads, (RAW / f"{file}.jsonl").read_text().splitlines()):
             if r["scenario"] == "e2e_profile":  # engine_step_rows
                 continue
+            side = side_of(r["variant"], sides_of)
+            if side is None:
+                continue
             key = (r["scenario"], r["metric"], r.get("batch"), r.get("workload"))
             kept = r["values"][1:] if r["metric"] in cold_first else r["values"]
-            values[key][r["variant"]].extend(kept)
-            processes[key][r["variant"]] += 1
+            values[key][side].extend(kept)
+            processes[key][side] += 1
     rows = []
     for key in sorted(values, key=lambda k: (k[0], k[1], k[2] or 0, k[3] or "")):
         scenario, metric, batch, workload = key
@@ -407,8 +455,18 @@ def realistic_rows(
     return rows
 
 
+def side_of(variant: str, sides_of: dict[str, str] | None) -> str | None:
+    """The side (stock, off, fused) a raw variant's rows count for; None: left out."""
+    return variant if sides_of is None else sides_of.get(variant)
+
+
 def engine_step_rows(
-    files: list[str], name: str, date: str, gpu: str = GPU, extra: dict | None = None
+    files: list[str],
+    name: str,
+    date: str,
+    gpu: str = GPU,
+    extra: dict | None = None,
+    sides_of: dict[str, str] | None = None,
 ) -> list[dict]:
     """Rows of benchmarks/e2e.py's profile workload: per decode step, the GPU's busy time (the
     union of the kernels' intervals; ``measure`` "busy") and the span from the first kernel's start
@@ -417,10 +475,11 @@ def engine_step_rows(
     values: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for file in files:
         for r in map(json.loads, (RAW / f"{file}.jsonl").read_text().splitlines()):
-            if r["scenario"] != "e2e_profile":
+            side = side_of(r["variant"], sides_of)
+            if r["scenario"] != "e2e_profile" or side is None:
                 continue
             for measure in ("busy", "span"):
-                values[(measure, r["batch"])][r["variant"]].append(r[f"{measure}_us"])
+                values[(measure, r["batch"])][side].append(r[f"{measure}_us"])
     rows = []
     for (measure, batch), sides in sorted(values.items()):
         rows.append(
