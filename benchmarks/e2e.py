@@ -69,7 +69,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.in_engine import engine_constants, realistic_routing, wanted_constants
+from benchmarks.in_engine import (
+    engine_constants,
+    engine_replacements,
+    realistic_routing,
+    wanted_constants,
+    wanted_replacements,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 # The sitecustomize that applies a variant's set= options in each of its processes.
@@ -247,6 +253,12 @@ def measure(args) -> None:
         if found != wanted:
             raise SystemExit(f"set= in the engine: wanted {wanted}, found {found}")
         base["constants"] = wanted
+    replacing = wanted_replacements()
+    if replacing:
+        found = llm.apply_model(engine_replacements)[0]
+        if found != replacing:
+            raise SystemExit(f"replace= in the engine: wanted {replacing}, found {found}")
+        base["replace"] = replacing
     if args.engine:
         base["engine"] = args.engine
     if os.environ.get("SEF_VARIANT_ENV"):
@@ -447,6 +459,9 @@ def run_worker(args, variant: dict, round_: int, model: Path, probe_mode: bool) 
         env["SEF_VARIANT_ENV"] = json.dumps(sorted(variant["env"]))
     if variant.get("set"):
         env["SEF_SET_CONSTANTS"] = json.dumps(variant["set"])
+    if variant.get("replace"):
+        env["SEF_REPLACE"] = json.dumps(variant["replace"])
+    if variant.get("set") or variant.get("replace"):
         env["PYTHONPATH"] = os.pathsep.join([str(CONSTANTS_SITE), env["PYTHONPATH"]])
     cmd = [
         sys.executable,
@@ -521,11 +536,29 @@ def parse_variant(text: str) -> dict:
 
     name, *options = text.split(",")
     variant: dict = {"name": name}
-    usage = "replicas=R, site=DIR, set=MODULE.NAME=VALUE, engine=ARG=VALUE, env=NAME=VALUE"
+    usage = (
+        "replicas=R, site=DIR, set=MODULE.NAME=VALUE, engine=ARG=VALUE, env=NAME=VALUE, "
+        "replace=MODULE:PATH=benchmarks.prototypes:FUNCTION"
+    )
     for option in options:
         key, _, value = option.partition("=")
-        if key not in ("replicas", "site", "set", "engine", "env") or not value:
+        if key not in ("replicas", "site", "set", "engine", "env", "replace") or not value:
             raise SystemExit(f"bad variant option {option!r} in {text!r} ({usage})")
+        if key == "replace":
+            target, _, function = value.partition("=")
+            module, _, path = target.partition(":")
+            source, _, name = function.partition(":")
+            if not (
+                all(p.isidentifier() for p in (module + "." + path).split("."))
+                and source.startswith("benchmarks.prototypes")
+                and name.isidentifier()
+            ):
+                raise SystemExit(
+                    f"bad replace option {option!r} in {text!r}: "
+                    "replace=MODULE:PATH=benchmarks.prototypes:FUNCTION"
+                )
+            variant.setdefault("replace", []).append([module, path, function])
+            continue
         if key == "env":
             name, _, setting = value.partition("=")
             if not name.startswith("VLLM_") or not name.isidentifier() or not setting:

@@ -50,6 +50,27 @@ def realistic_routing(model) -> dict[str, int]:
     return counts
 
 
+def wanted_replacements() -> dict[str, str]:
+    """SEF_REPLACE (benchmarks/constants_site) as {"MODULE:PATH": "PACKAGE.MODULE:FUNCTION"}."""
+    return {
+        f"{module}:{path}": function
+        for module, path, function in json.loads(os.environ.get("SEF_REPLACE", "[]"))
+    }
+
+
+def engine_replacements(model) -> dict[str, str | None]:
+    """What SEF_REPLACE's paths hold in the process this runs in, as "MODULE:FUNCTION" of the
+    function there; a module not imported there reads as None."""
+    found: dict[str, str | None] = {}
+    for key in wanted_replacements():
+        module, _, path = key.partition(":")
+        held = sys.modules.get(module)
+        for part in path.split(".") if held else ():
+            held = getattr(held, part)
+        found[key] = f"{held.__module__}:{held.__name__}" if held else None
+    return found
+
+
 def wanted_constants() -> dict[str, object]:
     """SEF_SET_CONSTANTS (benchmarks/constants_site) as {"MODULE.NAME": value}."""
     return {

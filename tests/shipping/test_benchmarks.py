@@ -435,6 +435,85 @@ def test_constants_site_sets_the_constant_in_every_process(tmp_path) -> None:
     assert "colorsys defines no ONE_THIRDS" in failed.stderr
 
 
+def test_variant_replace_options_parse_into_prototypes() -> None:
+    from benchmarks import e2e
+
+    target = "vllm.x.triton_moe:TritonExperts._apply"
+    variant = e2e.parse_variant(f"p,replicas=1,replace={target}=benchmarks.prototypes:proto")
+    assert variant["replace"] == [
+        ["vllm.x.triton_moe", "TritonExperts._apply", "benchmarks.prototypes:proto"]
+    ]
+    for bad in (
+        f"v,replace={target}=os:getcwd",  # only the prototypes module
+        "v,replace=vllm.x=benchmarks.prototypes:proto",  # no attribute path
+        f"v,replace={target}=benchmarks.prototypes:",
+        "v,replace=vllm.x:A-b=benchmarks.prototypes:proto",
+    ):
+        with pytest.raises(SystemExit, match=r"replace=MODULE:PATH="):
+            e2e.parse_variant(bad)
+
+
+REPLACE_CHILD = """
+import json, multiprocessing as mp
+
+def read(q):
+    import colorsys
+    q.put([colorsys.rgb_to_hsv.__name__, colorsys.rgb_to_hsv.replaced.__module__])
+
+if __name__ == "__main__":
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=read, args=(q,))
+    p.start()
+    import colorsys
+    print(json.dumps([colorsys.rgb_to_hsv.__name__, q.get(timeout=60)]))
+    p.join()
+"""
+
+
+def test_constants_site_replaces_a_function_in_every_process(tmp_path) -> None:
+    from benchmarks import e2e, in_engine
+
+    script = tmp_path / "child.py"
+    script.write_text(REPLACE_CHILD)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(e2e.CONSTANTS_SITE),
+        "SEF_REPLACE": json.dumps([["colorsys", "rgb_to_hsv", "json:dumps"]]),
+    }
+    out = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert json.loads(out) == ["dumps", ["dumps", "colorsys"]]
+    # What the worker checks in the engine: the function where the path leads.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SEF_REPLACE", json.dumps([["json", "decoder.JSONDecoder.decode", "x:y"]]))
+        assert in_engine.engine_replacements(None) == {
+            "json:decoder.JSONDecoder.decode": "json.decoder:decode"
+        }
+        assert e2e.engine_replacements is in_engine.engine_replacements  # sent by reference
+    # A path the module does not have is an error that names it.
+    env["SEF_REPLACE"] = json.dumps([["colorsys", "rgb_to_hsl", "json:dumps"]])
+    failed = subprocess.run(
+        [sys.executable, "-c", "import colorsys"], env=env, capture_output=True, text=True
+    )
+    assert failed.returncode != 0
+    assert "colorsys has no rgb_to_hsl to replace" in failed.stderr
+
+
+def test_prototypes_take_the_arguments_of_the_methods_they_replace() -> None:
+    """A prototype is called where the series calls the method, positionally."""
+    import inspect
+
+    from vllm.model_executor.layers.fused_moe.experts.triton_moe import TritonExperts
+
+    from benchmarks import prototypes
+
+    series = inspect.signature(TritonExperts._apply_fused_shared_experts).parameters
+    prototype = inspect.signature(prototypes.shared_expert_split_k).parameters
+    assert list(prototype) == list(series)
+
+
 def test_dense_fp8_step_totals_weigh_each_shape_by_its_launches_per_step() -> None:
     from benchmarks import dense_fp8
 

@@ -1,0 +1,87 @@
+"""Prototypes that an engine benchmark puts in place of a series method, to measure an idea
+before it becomes a patch (benchmarks/e2e.py: ``replace=MODULE:ATTR=benchmarks.prototypes:NAME``).
+
+Nothing here is shipped, and nothing here imports vLLM at module level: the replacement is
+imported while the module it replaces into is being imported. benchmarks/constants_site keeps
+what a function replaced as its ``replaced`` attribute.
+"""
+
+from __future__ import annotations
+
+
+def shared_expert_split_k(
+    self,
+    stream,
+    hidden_states,
+    a1q_scale,
+    w1,
+    w2,
+    topk_weights,
+    top_k_num,
+    config,
+    down_config,
+    compute_type,
+    activation,
+    a2_scale,
+    w13_split_k,
+    fused_silu_quant,
+    cache_dtype,
+    cache2_dim,
+    out,
+):
+    """TritonExperts._apply_fused_shared_experts (patches 0010/0015) with the shared expert's two
+    GEMMs run by patch 0016's dense split-K GEMM on its slice of the fused weights, instead of
+    the routed GEMMs' kernel, tile and split; no index launches. The sef13 profile: on the
+    auxiliary stream the routed kernel's shared launches slowed the step (0015 lost), while the
+    unfused layer's shared expert through the split-K GEMM cost the routed GEMMs ~24 us per
+    step at 4 tokens. FP8 128 x 128 blocks only (DeepSeek-V3's case): anything else runs the
+    series' method. Not bit-identical to it (another accumulation order, the routing weight
+    applied in bf16)."""
+    import torch
+    from vllm.model_executor.kernels.linear.scaled_mm.split_k import block_fp8_split_k_mm
+    from vllm.model_executor.layers.fused_moe.experts.triton_moe import TritonExperts
+
+    if not (
+        self.quant_config.use_fp8_w8a8
+        and self.block_shape == [128, 128]
+        and fused_silu_quant
+        and hidden_states.element_size() == 1
+        and a1q_scale is not None
+    ):
+        return shared_expert_split_k.replaced(
+            self, stream, hidden_states, a1q_scale, w1, w2, topk_weights, top_k_num, config,
+            down_config, compute_type, activation, a2_scale, w13_split_k, fused_silu_quant,
+            cache_dtype, cache2_dim, out,
+        )  # fmt: skip
+    shared = self.moe_config.num_experts  # the first copy of the shared expert
+    m = hidden_states.size(0)
+    if self._fused_shared_events is None:
+        self._fused_shared_events = (torch.cuda.Event(), torch.cuda.Event())
+    start, done = self._fused_shared_events
+    start.record()
+    with torch.cuda.stream(stream):
+        start.wait()
+        up = block_fp8_split_k_mm(
+            hidden_states, w1[shared], a1q_scale, self.w1_scale[shared], cache_dtype
+        )
+        intermediate_cache2 = torch.empty((m, cache2_dim), device=up.device, dtype=cache_dtype)
+        a2q, a2q_scale = TritonExperts._activation_and_quant(
+            self,
+            up.view(m, 1, -1),
+            intermediate_cache2,
+            activation,
+            a2_scale,
+            1,
+            fused_silu_quant,
+            launch_pdl=False,
+        )
+        down = block_fp8_split_k_mm(
+            a2q.reshape(m, -1),
+            w2[shared],
+            a2q_scale.reshape(m, -1),
+            self.w2_scale[shared],
+            cache_dtype,
+        )
+        torch.mul(down, topk_weights[:, -1:], out=out.view(m, top_k_num, -1)[:, -1])
+        done.record()
+    return done
