@@ -247,18 +247,15 @@ def measure(args) -> None:
         "routing": "realistic",
         "startup_s": round(time.time() - began, 1),
     }
-    wanted = wanted_constants()
-    if wanted:
-        found = llm.apply_model(engine_constants)[0]
-        if found != wanted:
-            raise SystemExit(f"set= in the engine: wanted {wanted}, found {found}")
-        base["constants"] = wanted
-    replacing = wanted_replacements()
-    if replacing:
-        found = llm.apply_model(engine_replacements)[0]
-        if found != replacing:
-            raise SystemExit(f"replace= in the engine: wanted {replacing}, found {found}")
-        base["replace"] = replacing
+    for option, key, wanted, reader in (
+        ("set=", "constants", wanted_constants(), engine_constants),
+        ("replace=", "replace", wanted_replacements(), engine_replacements),
+    ):
+        if wanted:
+            found = llm.apply_model(reader)[0]
+            if found != wanted:
+                raise SystemExit(f"{option} in the engine: wanted {wanted}, found {found}")
+            base[key] = wanted
     if args.engine:
         base["engine"] = args.engine
     if os.environ.get("SEF_VARIANT_ENV"):

@@ -403,19 +403,27 @@ if __name__ == "__main__":
 """
 
 
+def _site_env(**settings: str) -> dict[str, str]:
+    """A child's environment with benchmarks/constants_site on its path and ``settings``."""
+    from benchmarks import e2e
+
+    return {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(e2e.CONSTANTS_SITE), **settings}
+
+
+def _run_child(tmp_path, source: str, env: dict[str, str]) -> str:
+    """The stdout of ``source`` run as a script with ``env``; it must succeed."""
+    script = tmp_path / "child.py"
+    script.write_text(source)
+    return subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, check=True
+    ).stdout
+
+
 def test_constants_site_sets_the_constant_in_every_process(tmp_path) -> None:
     from benchmarks import e2e
 
-    script = tmp_path / "child.py"
-    script.write_text(SET_CHILD)
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "PYTHONPATH": str(e2e.CONSTANTS_SITE),
-        "SEF_SET_CONSTANTS": json.dumps([["colorsys", "ONE_THIRD", 0.5]]),
-    }
-    out = subprocess.run(
-        [sys.executable, str(script)], env=env, capture_output=True, text=True, check=True
-    ).stdout
+    env = _site_env(SEF_SET_CONSTANTS=json.dumps([["colorsys", "ONE_THIRD", 0.5]]))
+    out = _run_child(tmp_path, SET_CHILD, env)
     assert json.loads(out) == [0.5, 0.5]
     # What the worker checks in the engine: the values where they are read.
     import colorsys
@@ -474,16 +482,8 @@ if __name__ == "__main__":
 def test_constants_site_replaces_a_function_in_every_process(tmp_path) -> None:
     from benchmarks import e2e, in_engine
 
-    script = tmp_path / "child.py"
-    script.write_text(REPLACE_CHILD)
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "PYTHONPATH": str(e2e.CONSTANTS_SITE),
-        "SEF_REPLACE": json.dumps([["colorsys", "rgb_to_hsv", "json:dumps"]]),
-    }
-    out = subprocess.run(
-        [sys.executable, str(script)], env=env, capture_output=True, text=True, check=True
-    ).stdout
+    env = _site_env(SEF_REPLACE=json.dumps([["colorsys", "rgb_to_hsv", "json:dumps"]]))
+    out = _run_child(tmp_path, REPLACE_CHILD, env)
     assert json.loads(out) == ["dumps", ["dumps", "colorsys"]]
     # What the worker checks in the engine: the function where the path leads.
     with pytest.MonkeyPatch.context() as mp:
