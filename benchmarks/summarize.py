@@ -39,6 +39,7 @@ DAY13 = "2026-12-04"  # sixteenth session: sef9 A B A B, sef10 (patch 0014, moe_
 DAY14 = "2026-12-04"  # seventeenth session: sef10 A B A B with the engine-step profile
 DAY15 = "2026-12-05"  # nineteenth session: sef11 on an H100, dense FP8 GEMMs, the 0010 race
 DAY16 = "2026-12-06"  # twentieth session: sef12 on an H100, patch 0016 in the engine
+DAY17 = "2026-12-06"  # twenty-first session: sef13 on an H100, stock / fused / off with throughput
 
 
 def layer_rows() -> list[dict]:
@@ -271,6 +272,16 @@ def e2e_rows() -> list[dict]:
                 sides_of,
             )
         ]
+        + realistic_rows(
+            REALISTIC_SEF13_H100,
+            "e2e_dsv3_tp8_rank_fp8_realistic_sef13_abc_h100_l30",
+            set(),
+            throughput="throughput_sef13_h100_l30",
+            date=DAY17,
+            prefix_caching=False,
+            gpu=H100,
+            extra=SEF13_H100_NOTE,
+        )
     )
 
 
@@ -365,6 +376,19 @@ SEF12_H100_NOTE = {
     "note": "61-layer model cut to 30 layers to fit the H100's 80 GB; distinct_experts is the "
     "61-layer model's probe (the same seeded routers); processes alternate within each device "
     "call, not across calls (stock ran 0.8-1.8% faster in its last call than in its first)",
+}
+
+
+# sef13 as shipped on an H100 (twenty-first session), the same 30-layer cut, ITL/TTFT at 1, 4
+# and 16 and both throughput workloads (two repetitions each), vLLM's default capture sizes (the
+# throughput workload decodes at every size up to 256); processes stock, fused, off in one
+# device call, then off, fused, stock in the next.
+REALISTIC_SEF13_H100 = ["e2e_realistic_sef13_h100_l30"]
+SEF13_H100_NOTE = {
+    "layers": 30,
+    "note": "61-layer model cut to 30 layers to fit the H100's 80 GB; distinct_experts is the "
+    "61-layer model's probe (the same seeded routers); processes stock, fused, off, off, fused, "
+    "stock over two device calls",
 }
 
 
@@ -823,7 +847,9 @@ def gate_routing_rows() -> list[dict]:
     ]
 
 
-def ab_rows(file: str, scenario: str, before: str, after: str, compares: str, date: str):
+def ab_rows(
+    file: str, scenario: str, before: str, after: str, compares: str, date: str, gpu: str = GPU
+):
     """Rows of a ``benchmarks/moe_layer.py`` A/B in one process (``alternate``): ``stock`` is the
     setting ``before``, ``fused`` the setting ``after``; one scenario per layer variant."""
     return [
@@ -839,7 +865,7 @@ def ab_rows(file: str, scenario: str, before: str, after: str, compares: str, da
             "compares": compares,
             "stock_values": [round(v, 2) for v in r[f"{before}_values"]],
             "fused_values": [round(v, 2) for v in r[f"{after}_values"]],
-            "gpu": GPU,
+            "gpu": gpu,
             "vllm": VLLM,
             "date": date,
         }
@@ -895,7 +921,16 @@ def shared_stream_rows() -> list[dict]:
         for row in ab_rows(
             file, "moe_layer_shared_stream", "one_launch", "aux_stream", compares, DAY9
         )
-    ]
+    ] + ab_rows(
+        "layer_shared_stream_proto_split_k_h100.json",
+        "moe_layer_shared_stream_proto_split_k",
+        "one_launch",
+        "aux_stream",
+        "sef13, the shared entries in the routed launches / benchmarks/prototypes.py"
+        ":shared_expert_split_k on the aux stream (patch 0016's GEMM; rejected)",
+        DAY17,
+        H100,
+    )
 
 
 def tile_rows() -> list[dict]:
