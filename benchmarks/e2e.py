@@ -54,6 +54,12 @@ Per process, after warm-up generates that are dropped (each shape once):
   GPU's busy time) and the steps' span. Steps are counted by the routing kernel
   (one launch per MoE layer per step). Run after itl in the same process, so it
   does not disturb it.
+- prefill_profile: per batch B, the TTFT requests' first engine step (B prompts of
+  --ttft-prompt tokens, one token generated) under torch.profiler after a warm-up
+  at its shape, with the host's wall time of that generate: the GPU's busy time
+  against the step's span and the wall time tell whether a prefill waits on the
+  GPU or on the host (prefills above the largest capture size run without a CUDA
+  graph, launch by launch).
 """
 
 from __future__ import annotations
@@ -84,7 +90,8 @@ CONSTANTS_SITE = Path(__file__).resolve().parent / "constants_site"
 BATCHES = [1, 4, 16, 64, 256]
 # The engine's CUDA-graph sizes (--capture-sizes); every measured batch size must be one.
 CAPTURE_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
-WORKLOAD_NAMES = ("itl", "throughput", "profile")
+WORKLOAD_NAMES = ("itl", "throughput", "profile", "prefill_profile")
+PROFILE_WORKLOADS = {"profile", "prefill_profile"}
 # Decode steps profiled per batch, and the engine steps skipped first (the prefill).
 PROFILE_STEPS = 24
 PROFILE_DELAY = 4
@@ -190,7 +197,7 @@ def make_llm(args, **overrides) -> tuple:
     )
     if args.tiny:
         kwargs.update(enforce_eager=True, max_model_len=1024, max_num_seqs=16)
-    if "profile" in args.workloads:
+    if PROFILE_WORKLOADS & set(args.workloads):
         kwargs["profiler_config"] = {
             "profiler": "torch",
             "torch_profiler_dir": args.profile_dir,
@@ -296,6 +303,8 @@ def measure(args) -> None:
                 )
     if "profile" in args.workloads:
         profile_batches(args, llm, base, moe_layers)
+    if "prefill_profile" in args.workloads:
+        profile_prefills(args, llm, base, moe_layers)
     if "throughput" in args.workloads:
         for workload, (n, prompt_len, gen_len) in WORKLOADS.items():
             if args.tiny:
@@ -399,6 +408,33 @@ def profile_batches(args, llm, base: dict, moe_layers: int) -> None:
         table = step_profile(read_trace(folder, since), moe_layers)
         table["kernels"] = table["kernels"][:60]
         emit({**base, "scenario": "e2e_profile", "batch": batch, **table})
+
+
+def profile_prefills(args, llm, base: dict, moe_layers: int) -> None:
+    """The prefill_profile workload: the first engine step of the TTFT requests per batch size
+    (one step where the B prompts fit the step's token budget)."""
+    folder = Path(args.profile_dir)
+    for batch in args.batches:
+        requests = prompts(batch, args.ttft_prompt, 2, args.vocab)
+        generate(llm, requests, 1)  # warm-up at this shape
+        since = time.time()
+        llm.start_profile(delay_iterations=0, max_iterations=1)
+        seconds, _ = generate(llm, requests, 1)
+        llm.stop_profile()
+        if args.tiny:  # CPU: no kernels to count
+            continue
+        table = step_profile(read_trace(folder, since), moe_layers)
+        table["kernels"] = table["kernels"][:60]
+        emit(
+            {
+                **base,
+                "scenario": "e2e_prefill_profile",
+                "batch": batch,
+                "prompt_tokens": args.ttft_prompt,
+                "wall_ms": seconds * 1e3,
+                **table,
+            }
+        )
 
 
 def probe(args) -> None:
@@ -632,7 +668,7 @@ def main() -> None:
     parser.add_argument("--engine", type=json.loads, default={}, help=argparse.SUPPRESS)
     args = parser.parse_args()
     check_capture_sizes(parser, args)
-    if args.profile_dir is None and "profile" in args.workloads:
+    if args.profile_dir is None and PROFILE_WORKLOADS & set(args.workloads):
         args.profile_dir = tempfile.mkdtemp(prefix="e2e-profiles-")
     args.vocab = TINY["vocab_size"] if args.tiny else 16000
     if args.worker:

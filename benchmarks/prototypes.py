@@ -36,7 +36,14 @@ def shared_expert_split_k(
     unfused layer's shared expert through the split-K GEMM cost the routed GEMMs ~24 us per
     step at 4 tokens. FP8 128 x 128 blocks only (DeepSeek-V3's case): anything else runs the
     series' method. Not bit-identical to it (another accumulation order, the routing weight
-    applied in bf16)."""
+    applied in bf16).
+
+    Rejected (sef13, H100, twenty-first session): its numerics pass ``moe_layer.py check`` (the
+    fused layer's error against fp32 equals the unfused one's at 1, 7 and 64 tokens), but in the
+    layer's CUDA-graph replay it is slower than the series' one launch at every decode size
+    (``moe_layer.py shared-stream`` with this in place: 52.4 against 49.7 us at 1 token, 92.5
+    against 91.8 at 4, 206.0 against 196.6 at 16; raw/layer_shared_stream_proto_split_k_h100.json).
+    Kept as the replace= option's worked example and the record of what was measured."""
     import torch
     from vllm.model_executor.kernels.linear.scaled_mm.split_k import block_fp8_split_k_mm
     from vllm.model_executor.layers.fused_moe.experts.triton_moe import TritonExperts

@@ -437,7 +437,7 @@ def realistic_rows(
     processes: dict[tuple, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for file in files:
         for r in map(json.loads, (RAW / f"{file}.jsonl").read_text().splitlines()):
-            if r["scenario"] == "e2e_profile":  # engine_step_rows
+            if r["scenario"].endswith("_profile"):  # engine_step_rows, docs
                 continue
             side = side_of(r["variant"], sides_of)
             if side is None:

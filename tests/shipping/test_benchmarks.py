@@ -8,6 +8,7 @@ agree on a CPU (the Triton kernel interpreted), and its agreement check catches 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -304,6 +305,49 @@ def test_engine_step_profile_counts_steps_by_the_routing_kernel() -> None:
     assert e2e.step_profile(events[:-3], moe_layers=2)["steps"] == 1.5
     with pytest.raises(ValueError, match="routing launches"):
         e2e.step_profile(events[:4], moe_layers=2)
+
+
+def test_prefill_profile_emits_the_first_step_of_the_ttft_requests(monkeypatch, capsys) -> None:
+    from benchmarks import e2e
+
+    calls = []
+    prefill = [
+        _kernel("void vllm::moe::grouped_topk_kernel", 0.0, 5.0),
+        _kernel("fused_moe_kernel", 5.0, 40.0),
+        _kernel("void vllm::moe::grouped_topk_kernel", 60.0, 5.0),
+        _kernel("fused_moe_kernel", 65.0, 40.0),
+    ]
+
+    class Llm:
+        def start_profile(self, **window):
+            calls.append(("start", window))
+
+        def stop_profile(self):
+            calls.append(("stop",))
+
+    def generate(llm, requests, tokens):
+        calls.append(("generate", len(requests), len(requests[0]["prompt_token_ids"]), tokens))
+        return 0.25, []
+
+    monkeypatch.setattr(e2e, "generate", generate)
+    monkeypatch.setattr(e2e, "read_trace", lambda folder, since: prefill)
+    args = argparse.Namespace(
+        profile_dir="/nonexistent", batches=[4], ttft_prompt=512, vocab=1000, tiny=False
+    )
+    e2e.profile_prefills(args, Llm(), {"variant": "off"}, moe_layers=2)
+    # A warm-up at the shape, then the profiled generate of the same requests, one engine step.
+    assert calls == [
+        ("generate", 4, 512, 1),
+        ("start", {"delay_iterations": 0, "max_iterations": 1}),
+        ("generate", 4, 512, 1),
+        ("stop",),
+    ]
+    (line,) = capsys.readouterr().out.splitlines()
+    row = json.loads(line.removeprefix("RESULT "))
+    assert row["scenario"] == "e2e_prefill_profile"
+    assert (row["variant"], row["batch"], row["prompt_tokens"]) == ("off", 4, 512)
+    assert row["wall_ms"] == 250.0
+    assert (row["steps"], row["busy_us"], row["span_us"]) == (1, 90.0, 105.0)
 
 
 def test_e2e_refuses_an_unknown_workload() -> None:
