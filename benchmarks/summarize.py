@@ -380,8 +380,8 @@ SEF12_H100_NOTE = {
 
 
 # sef13 as shipped on an H100 (twenty-first session), the same 30-layer cut, ITL/TTFT at 1, 4
-# and 16 and both throughput workloads (two repetitions each), vLLM's default capture sizes (the
-# throughput workload decodes at every size up to 256); processes stock, fused, off in one
+# and 16 and both throughput workloads (two repetitions each), e2e.py's default capture sizes
+# (the throughput workload decodes at every size up to 256); processes stock, fused, off in one
 # device call, then off, fused, stock in the next.
 REALISTIC_SEF13_H100 = ["e2e_realistic_sef13_h100_l30"]
 SEF13_H100_NOTE = {
