@@ -38,6 +38,11 @@
 #                                          copy of vLLM holding the block-FP8 config files in CONFIGS
 #                                          (dense-fp8 --write-configs), for an e2e variant site=NEW
 #   benchmarks/gpu_host.sh tune [ARGS]     Triton tile tuning (benchmarks/tune_moe.py)
+#   benchmarks/gpu_host.sh moe-configs-as FROM DIR [NAME]  the MoE config files vLLM has for GPU
+#                                          FROM (e.g. NVIDIA_H200) in DIR under the name NAME (default
+#                                          this GPU's) where vLLM has none for NAME, for
+#                                          VLLM_TUNED_CONFIG_FOLDER=DIR: does another GPU's tuning
+#                                          carry over?
 #   benchmarks/gpu_host.sh probe [ARGS]    distinct experts per step (benchmarks/e2e.py --probe)
 #   benchmarks/gpu_host.sh e2e [ARGS]      ITL/TTFT/throughput, stock/off/fused (benchmarks/e2e.py)
 # Results go to $OUT (default ./gpu-out).
@@ -156,6 +161,29 @@ with open(sys.argv[1], "w") as f:
     echo "$new: $(find "$configs" -name 'N=*.json' | wc -l) config files over $site"
     ;;
   tune) python3 -m benchmarks.tune_moe --out-dir "$OUT" "$@" ;;
+  moe-configs-as)
+    [ $# -ge 2 ] || { echo "usage: gpu_host.sh moe-configs-as FROM DIR [NAME]" >&2; exit 2; }
+    from=$1 dir=$2
+    # As vLLM's get_config_file_name spells the device.
+    name=${3:-$(python3 -c "from vllm.platforms import current_platform as p
+print(p.get_device_name().replace(' ', '_'))")}
+    src=$(python3 -c "import importlib.util, os  # where vllm is, without importing it
+print(os.path.join(os.path.dirname(importlib.util.find_spec('vllm').origin),
+                   'model_executor', 'layers', 'fused_moe', 'configs'))")
+    shopt -s nullglob
+    files=("$src"/*"device_name=$from".json "$src"/*"device_name=$from,"*.json)
+    shopt -u nullglob
+    [ ${#files[@]} -gt 0 ] || { echo "no MoE config files for device_name=$from in $src" >&2; exit 2; }
+    mkdir -p "$dir"
+    copied=0
+    for f in "${files[@]}"; do
+      target=$(basename "$f" | sed "s/device_name=$from\([,.]\)/device_name=$name\1/")
+      # Shapes vLLM has tuned for this GPU keep their files (the folder would override them).
+      [ -e "$src/$target" ] && continue
+      cp "$f" "$dir/$target" && copied=$((copied + 1))
+    done
+    echo "$dir: $copied MoE config files of $from as $name (shapes without a $name file)"
+    ;;
   probe) python3 -m benchmarks.e2e --probe --variants stock,site=/root/stock-site --out "$OUT/probe.jsonl" "$@" ;;
   e2e) python3 -m benchmarks.e2e --out "$OUT/e2e.jsonl" "$@" ;;
   *) echo "unknown step $step" >&2; exit 2 ;;

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -706,3 +707,39 @@ def test_dense_split_k_prototype_in_triton_interpreter() -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
     assert "checked 34" in proc.stdout, proc.stdout
+
+
+def test_moe_configs_as_copies_another_gpus_files_under_this_name(tmp_path) -> None:
+    import vllm.model_executor.layers.fused_moe as fused_moe
+
+    src = Path(fused_moe.__file__).parent / "configs"
+    env = dict(os.environ, OUT=str(tmp_path / "out"))
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+
+    def step(*args):
+        return subprocess.run(
+            ["bash", "benchmarks/gpu_host.sh", "moe-configs-as", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+
+    dest = tmp_path / "configs"
+    result = step("NVIDIA_H200", str(dest), "NVIDIA_H100_80GB_HBM3")
+    assert result.returncode == 0, result.stderr
+    fp8 = "dtype=fp8_w8a8,block_shape=[128,128]"
+    for kind in (".json", "_down.json"):
+        copied = dest / f"E=257,N=256,device_name=NVIDIA_H100_80GB_HBM3,{fp8}{kind}"
+        h200 = src / f"E=257,N=256,device_name=NVIDIA_H200,{fp8}{kind}"
+        assert copied.read_bytes() == h200.read_bytes()
+    # vLLM's own H100 file for a shape stays in charge: nothing copied over it.
+    assert (src / "E=128,N=192,device_name=NVIDIA_H200.json").exists()
+    own = "E=128,N=192,device_name=NVIDIA_H100_80GB_HBM3.json"
+    assert (src / own).exists()
+    assert not (dest / own).exists()
+    assert not list(dest.glob("*NVIDIA_H200*"))
+    assert f"{len(list(dest.iterdir()))} MoE config files" in result.stdout
+    result = step("NVIDIA_H999", str(tmp_path / "none"), "X")
+    assert result.returncode == 2
+    assert "no MoE config files for device_name=NVIDIA_H999" in result.stderr
