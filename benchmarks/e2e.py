@@ -20,7 +20,8 @@ one); set gives a module constant another value in every process of the variant,
 engine's included (benchmarks/constants_site; checked in the engine before the
 measurements), e.g. to move a threshold the CUDA graphs' capture bakes in; engine
 passes an engine argument to vLLM's LLM (VALUE a Python literal, or else a string),
-e.g. engine=linear_backend=marlin, for a kernel choice every variant can make.
+e.g. engine=linear_backend=marlin, for a kernel choice every variant can make (a dict, e.g.
+compilation_config, adds to the one the script passes).
 Processes alternate: each round runs every variant once, so a slow process cannot
 favour one variant.
 
@@ -177,6 +178,19 @@ def write_config(out: Path, layers: int, shard: int = 8, tiny: bool = False) -> 
     return out
 
 
+def with_engine_arguments(kwargs: dict, engine: dict) -> dict:
+    """``kwargs`` with a variant's engine= arguments. A dict adds to the script's own dict of
+    that name instead of replacing it: engine=compilation_config={'pass_config':{...}} keeps
+    the capture sizes."""
+    merged = dict(kwargs)
+    for name, value in engine.items():
+        if isinstance(value, dict) and isinstance(merged.get(name), dict):
+            merged[name] = {**merged[name], **value}
+        else:
+            merged[name] = value
+    return merged
+
+
 def make_llm(args, **overrides) -> tuple:
     """The engine with realistic routers, and its number of MoE layers."""
     from vllm import LLM
@@ -206,7 +220,7 @@ def make_llm(args, **overrides) -> tuple:
             "torch_profiler_dump_cuda_time_total": False,
             "ignore_frontend": True,
         }
-    kwargs.update(args.engine)
+    kwargs = with_engine_arguments(kwargs, args.engine)
     kwargs.update(overrides)
     llm = LLM(**kwargs)
     counts = llm.apply_model(realistic_routing)[0]

@@ -399,6 +399,29 @@ def test_variant_set_options_parse_into_module_constants() -> None:
             e2e.parse_variant(bad)
 
 
+def test_engine_arguments_add_to_the_scripts_own_dicts() -> None:
+    from benchmarks import e2e
+
+    variant = e2e.parse_variant(
+        "v,engine=compilation_config={'pass_config':{'fuse_norm_quant':False}}"
+    )
+    kwargs = {"compilation_config": {"cudagraph_capture_sizes": [1, 4]}, "seed": 0}
+    merged = e2e.with_engine_arguments(kwargs, variant["engine"])
+    assert merged == {
+        "compilation_config": {
+            "cudagraph_capture_sizes": [1, 4],
+            "pass_config": {"fuse_norm_quant": False},
+        },
+        "seed": 0,
+    }
+    assert kwargs["compilation_config"] == {"cudagraph_capture_sizes": [1, 4]}  # not modified
+    replaced = {"compilation_config": {"cudagraph_capture_sizes": [8]}, "seed": 3}
+    assert e2e.with_engine_arguments(kwargs, replaced) == {
+        "compilation_config": {"cudagraph_capture_sizes": [8]},
+        "seed": 3,
+    }
+
+
 def test_variant_engine_options_parse_into_engine_arguments() -> None:
     from benchmarks import e2e
 
