@@ -34,6 +34,8 @@
 #                                          by the Triton launch (moe_layer.py moe-sum)
 #   benchmarks/gpu_host.sh dense-fp8 [ARGS]  the dense block-FP8 GEMMs, cutlass / Triton, per shape and
 #                                          batch size (benchmarks/dense_fp8.py)
+#   benchmarks/gpu_host.sh norm-quant [ARGS]  RMSNorm + FP8 group quantization, vLLM's fused op /
+#                                          a Triton prototype (benchmarks/norm_quant.py)
 #   benchmarks/gpu_host.sh tuned-site SITE CONFIGS NEW  NEW := SITE (e.g. /root/stock-site) with its own
 #                                          copy of vLLM holding the block-FP8 config files in CONFIGS
 #                                          (dense-fp8 --write-configs), for an e2e variant site=NEW
@@ -148,6 +150,7 @@ with open(sys.argv[1], "w") as f:
     python3 -m benchmarks.moe_layer quantize-align --out "$OUT/layer_quantize_align.json" "$@" ;;
   moe-sum) python3 -m benchmarks.moe_layer moe-sum --out "$OUT/layer_moe_sum.json" "$@" ;;
   dense-fp8) python3 -m benchmarks.dense_fp8 --out "$OUT/dense_fp8.json" "$@" ;;
+  norm-quant) python3 -m benchmarks.norm_quant --out "$OUT/norm_quant.json" "$@" ;;
   tuned-site)
     [ $# -eq 3 ] || { echo "usage: gpu_host.sh tuned-site SITE CONFIGS NEW" >&2; exit 2; }
     site=$1 configs=$2 new=$3

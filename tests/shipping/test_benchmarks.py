@@ -766,3 +766,95 @@ def test_moe_configs_as_copies_another_gpus_files_under_this_name(tmp_path) -> N
     result = step("NVIDIA_H999", str(tmp_path / "none"), "X")
     assert result.returncode == 2
     assert "no MoE config files for device_name=NVIDIA_H999" in result.stderr
+
+
+NORM_QUANT_SCRIPT = """
+import torch
+from benchmarks.norm_quant import reference, rms_norm_per_block_quant_triton, scales_buffer
+
+def truncating(t, dtype):  # the interpreter casts float32 to bf16 by truncation, the GPU rounds
+    assert dtype == torch.bfloat16
+    return (t.float().view(torch.int32) & -65536).view(torch.float32).to(dtype)
+
+torch.manual_seed(0)
+checked = 0
+# hidden (a ragged power of two of groups for 384 and 640), tokens, residual, scales transposed
+for hidden, m, has_res, transposed in [(512, 3, True, True), (384, 2, False, False),
+                                       (640, 5, True, False), (256, 1, False, True)]:
+    x = torch.randn(m, hidden).bfloat16() * 3
+    w = (1 + 0.1 * torch.randn(hidden)).bfloat16()
+    r0 = torch.randn(m, hidden).bfloat16() if has_res else None
+    q_ref, s_ref, r_ref = reference(x, w, 1e-6, r0, cast=truncating)
+    out = torch.empty(m, hidden, dtype=torch.float8_e4m3fn)
+    s = scales_buffer(m, hidden // 128, transposed, "cpu")
+    r = r0.clone() if has_res else None
+    rms_norm_per_block_quant_triton(out, x, w, s, 1e-6, None, r, 128, transposed)
+    assert torch.equal(s, s_ref), (s, s_ref)
+    assert r is None or torch.equal(r, r_ref)
+    # The interpreter's FP8 cast is not the GPU's (it truncates, and near a power of two it
+    # halves): most values agree, the others keep their sign within a factor of two.
+    q, q_ref = out.float(), q_ref.float()
+    assert (q == q_ref).float().mean() > 0.9
+    assert ((q * q_ref >= 0) & (q.abs() <= q_ref.abs() * 1.125 + 2**-9)).all()
+    assert (q.abs() >= q_ref.abs() / 2 - 2**-9).all()
+    checked += 1
+for bad, why in ((scales_buffer(3, 3, False, "cpu"), "need \\[tokens, groups\\]"),
+                 (scales_buffer(3, 4, True, "cpu"), "row-major")):
+    try:
+        rms_norm_per_block_quant_triton(torch.empty(3, 512, dtype=torch.float8_e4m3fn),
+                                        torch.randn(3, 512).bfloat16(), torch.ones(512).bfloat16(),
+                                        bad, 1e-6, None, None, 128, False)
+    except ValueError as exc:
+        import re
+        assert re.search(why, str(exc)), exc
+        checked += 1
+
+# measure's rows, with stand-ins for the CUDA-only pieces: vLLM's op computed by the reference,
+# a graph is the function, its replay 2 us for the op and 1 us for the prototype.
+import types
+from unittest import mock
+
+from benchmarks import norm_quant
+
+
+def op_by_reference(out, x, weight, scales, eps, scale_ub, residual, group, transposed):
+    q, s, r = reference(x, weight, eps, residual, group, cast=truncating)
+    out.copy_(q)
+    scales.copy_(s)
+    if residual is not None:
+        residual.copy_(r)
+
+
+replays = iter([2.0, 1.0] * 8)
+with (
+    mock.patch.dict(norm_quant.SHAPES, {"a": (512, True, 3), "b": (256, False, 2)}, clear=True),
+    mock.patch("sefkit.graph_timing.capture", lambda run, inputs, warmup: [run]),
+    mock.patch("sefkit.graph_timing.replay_us", lambda graphs, iters, reps: next(replays)),
+):
+    args = types.SimpleNamespace(tokens=[1, 3], calls=2, iters=1, out=None)
+    kernels = {"vllm_cuda": op_by_reference, "triton": rms_norm_per_block_quant_triton}
+    rows = norm_quant.measure(args, kernels, device="cpu")
+assert [(r["shape"], r["tokens"]) for r in rows] == [("a", 1), ("a", 3), ("b", 1), ("b", 3)]
+for r in rows:
+    assert (r["vllm_cuda_us"], r["triton_us"], r["ratio"]) == (1.0, 0.5, 0.5)  # per call
+    assert r["scale_ratio_max"] == 0.0 and r["residual_equal"], r
+    assert r["quantized_values_differing"] < 0.1, r
+    checked += 1
+print("checked", checked)
+"""
+
+
+def test_norm_quant_prototype_in_triton_interpreter() -> None:
+    """benchmarks/norm_quant.py's Triton RMSNorm + FP8 group quantization against its torch
+    reference of vLLM's op (the interpreter's casts stood in for), and its refusals."""
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, "-c", NORM_QUANT_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
+    assert "checked 10" in proc.stdout, proc.stdout

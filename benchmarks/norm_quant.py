@@ -1,0 +1,242 @@
+"""RMSNorm + FP8 per-group quantization at decode sizes: vLLM's fused CUDA op against a Triton
+prototype.
+
+vLLM's ``fuse_norm_quant`` compile pass turns DeepSeek-V3's RMSNorms that feed a block-FP8 linear
+layer into ``torch.ops._C.rms_norm_per_block_quant`` (with the residual add for each layer's
+input norm, without it for the query's latent norm). In the engine's decode step at one token
+that op takes 8.4 us per launch with the residual and 4.0 without, on an H100 and an H200 alike
+(docs/benchmarks.md, "sef13 as shipped"), ~10% of the step's busy time, where inductor's own fused
+add + RMSNorm of the MoE input (no quantization) takes 2.5 us: one CUDA block per token walks the
+row three times (the sum of squares, the group maxima, the quantized values), a latency, not
+bandwidth, cost. The prototype does the same arithmetic in one pass over a row held in registers,
+one Triton program per token:
+
+  x = input + residual (float; the residual is written back rounded to the input's dtype),
+  y = dtype(dtype(x * rsqrt(mean(x^2) + eps)) * weight),
+  per group of 128: scale = max(min(absmax(y), scale_ub) / fp8_max, 1 / (fp8_max * 512)),
+  out = fp8(clamp(y / scale, -fp8_max, fp8_max)), scales row- or column-major (transposed),
+
+as vLLM's kernel computes it (csrc/quantization/fused_kernels/layernorm_utils.cuh). Per shape and
+token count, each kernel's time per call in a CUDA graph of back-to-back calls, and how far the
+prototype's results are from the op's (quantized values that differ, the largest scale ratio, the
+residual bit for bit).
+
+    python -m benchmarks.norm_quant --out norm_quant.json [--tokens 1 4 16 64]
+    benchmarks/gpu_host.sh norm-quant
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+import triton
+import triton.language as tl
+
+# name: (hidden size, with the residual add, launches per decode step of the 61-layer model)
+SHAPES = {
+    "input_norm_residual": (7168, True, 63),  # every layer's input norm but the first; the
+    # dense layers' post-attention norm
+    "q_a_norm": (1536, False, 61),
+    "input_norm_first": (7168, False, 1),
+}
+TOKENS = [1, 4, 16, 64]
+GROUP = 128
+
+
+@triton.jit
+def _rms_norm_group_quant_kernel(
+    x_ptr,
+    w_ptr,
+    r_ptr,
+    q_ptr,
+    s_ptr,
+    ub_ptr,
+    x_stride,
+    hidden,
+    eps,
+    fp8_max,
+    min_scale,
+    s_token_stride,
+    s_group_stride,
+    HAS_RESIDUAL: tl.constexpr,
+    HAS_UB: tl.constexpr,
+    GROUP_SIZE: tl.constexpr,
+    GROUPS: tl.constexpr,
+):
+    token = tl.program_id(0).to(tl.int64)
+    groups = tl.arange(0, GROUPS)
+    offs = groups[:, None] * GROUP_SIZE + tl.arange(0, GROUP_SIZE)[None, :]
+    mask = offs < hidden
+    x = tl.load(x_ptr + token * x_stride + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_RESIDUAL:
+        r = tl.load(r_ptr + token * hidden + offs, mask=mask, other=0.0)
+        x += r.to(tl.float32)
+        tl.store(r_ptr + token * hidden + offs, x.to(r.dtype), mask=mask)
+    rms = tl.math.rsqrt(tl.sum(tl.sum(x * x, axis=1), axis=0) / hidden + eps)
+    w = tl.load(w_ptr + offs, mask=mask, other=0.0)
+    y = ((x * rms).to(w.dtype).to(tl.float32) * w.to(tl.float32)).to(w.dtype).to(tl.float32)
+    absmax = tl.max(tl.abs(y), axis=1)
+    if HAS_UB:
+        absmax = tl.minimum(absmax, tl.load(ub_ptr))
+    scale = tl.maximum(absmax / fp8_max, min_scale)
+    q = tl.clamp(y / scale[:, None], -fp8_max, fp8_max)
+    tl.store(q_ptr + token * hidden + offs, q.to(q_ptr.dtype.element_ty), mask=mask)
+    group_mask = groups * GROUP_SIZE < hidden
+    tl.store(s_ptr + token * s_token_stride + groups * s_group_stride, scale, mask=group_mask)
+
+
+def rms_norm_per_block_quant_triton(
+    out: torch.Tensor,
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    scales: torch.Tensor,
+    epsilon: float,
+    scale_ub: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    group_size: int,
+    is_scale_transposed: bool,
+) -> None:
+    """``torch.ops._C.rms_norm_per_block_quant``'s contract: fills ``out`` and ``scales`` (per
+    token and group) and adds ``input`` into ``residual`` in place."""
+    hidden = input.size(-1)
+    rows = input.view(-1, hidden)
+    tokens = rows.size(0)
+    if hidden % group_size or rows.stride(-1) != 1:
+        raise ValueError(f"hidden size {hidden} and group {group_size}: need whole, dense groups")
+    if scales.shape != (tokens, hidden // group_size):
+        raise ValueError(f"scales {tuple(scales.shape)}: need [tokens, groups]")
+    # As the op reads them: [tokens, groups], or transposed a (maybe padded) [groups, tokens]
+    # buffer seen through its transpose; the strides say which.
+    token_stride, group_stride = scales.stride()
+    if not is_scale_transposed and group_stride != 1:
+        raise ValueError("scales that are not transposed must be [tokens, groups], row-major")
+    fp8_max = torch.finfo(out.dtype).max
+    _rms_norm_group_quant_kernel[(tokens,)](
+        rows,
+        weight,
+        residual if residual is not None else rows,
+        out,
+        scales,
+        scale_ub if scale_ub is not None else scales,
+        rows.stride(0),
+        hidden,
+        epsilon,
+        fp8_max,
+        1.0 / (fp8_max * 512.0),
+        token_stride,
+        group_stride,
+        HAS_RESIDUAL=residual is not None,
+        HAS_UB=scale_ub is not None,
+        GROUP_SIZE=group_size,
+        GROUPS=triton.next_power_of_2(hidden // group_size),
+        num_warps=8 if hidden > 2048 else 4,
+    )
+
+
+def reference(input, weight, epsilon, residual=None, group_size=GROUP, fp8_dtype=None, cast=None):
+    """The op's arithmetic in torch, float where the kernel computes in float: (out, scales
+    [tokens, groups], the new residual). ``cast(tensor, dtype)`` rounds to the input's dtype
+    (default: to nearest, as the GPU does)."""
+    fp8_dtype = fp8_dtype or torch.float8_e4m3fn
+    cast = cast or (lambda t, dtype: t.to(dtype))
+    x = input.float()
+    new_residual = None
+    if residual is not None:
+        x = x + residual.float()
+        new_residual = cast(x, input.dtype)
+    rms = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + epsilon)
+    y = cast(cast(x * rms, input.dtype).float() * weight.float(), input.dtype).float()
+    groups = y.view(*y.shape[:-1], -1, group_size)
+    fp8_max = torch.finfo(fp8_dtype).max
+    scale = (groups.abs().amax(-1) / fp8_max).clamp(min=1.0 / (fp8_max * 512.0))
+    q = (groups / scale[..., None]).clamp(-fp8_max, fp8_max).to(fp8_dtype).view_as(y)
+    return q, scale, new_residual
+
+
+def scales_buffer(tokens: int, groups: int, transposed: bool, device) -> torch.Tensor:
+    """The scales as the fusion pass allocates them: column-major ([groups, tokens] seen through
+    its transpose) for the block-FP8 linear layers."""
+    if transposed:
+        return torch.empty(groups, tokens, device=device, dtype=torch.float32).t()
+    return torch.empty(tokens, groups, device=device, dtype=torch.float32)
+
+
+def repeated(op, calls: int):
+    """``calls`` back-to-back calls of ``op`` (one graph replays them all)."""
+
+    def call(out, x, weight, scales, residual):
+        for _ in range(calls):
+            op(out, x, weight, scales, 1e-6, None, residual, GROUP, True)
+
+    return call
+
+
+def measure(args, kernels: dict | None = None, device: str = "cuda") -> list[dict]:
+    """The rows; ``kernels``: vLLM's op and the prototype by name, the op first."""
+    from sefkit.graph_timing import capture, replay_us
+
+    if kernels is None:
+        import vllm._custom_ops  # noqa: F401  (loads torch.ops._C)
+
+        kernels = {
+            "vllm_cuda": torch.ops._C.rms_norm_per_block_quant,
+            "triton": rms_norm_per_block_quant_triton,
+        }
+    fp8 = torch.float8_e4m3fn
+    gen = torch.Generator(device=device).manual_seed(0)
+    rows = []
+    for name, (hidden, has_residual, launches) in SHAPES.items():
+        weight = (1 + 0.1 * torch.randn(hidden, generator=gen, device=device)).bfloat16()
+        for m in args.tokens:
+            x = torch.randn(m, hidden, generator=gen, device=device).bfloat16()
+            res0 = torch.randn(m, hidden, generator=gen, device=device).bfloat16()
+            results = {}
+            for kernel, op in kernels.items():
+                out = torch.empty(m, hidden, device=device, dtype=fp8)
+                scales = scales_buffer(m, hidden // GROUP, True, device)
+                residual = res0.clone() if has_residual else None
+                op(out, x, weight, scales, 1e-6, None, residual, GROUP, True)
+                kept = residual.clone() if residual is not None else None
+                results[kernel] = (out.float(), scales.clone(), kept)
+
+                graphs = capture(repeated(op, args.calls), [(out, x, weight, scales, residual)], 2)
+                us = replay_us(graphs, args.iters, reps=5) / args.calls
+                results[kernel] += (us,)
+            (q_ref, s_ref, r_ref, us_ref), (q, s, r, us) = results.values()
+            row = {
+                "scenario": "norm_quant",
+                "shape": name,
+                "hidden": hidden,
+                "residual": has_residual,
+                "tokens": m,
+                "launches_per_step": launches,
+                "vllm_cuda_us": us_ref,
+                "triton_us": us,
+                "ratio": us / us_ref,
+                "quantized_values_differing": (q != q_ref).float().mean().item(),
+                "scale_ratio_max": (s / s_ref).sub(1).abs().max().item(),
+                "residual_equal": r is None or torch.equal(r, r_ref),
+            }
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+            if args.out:
+                with open(args.out, "w") as f:
+                    gpu = torch.cuda.get_device_name() if device == "cuda" else device
+                json.dump({"gpu": gpu, "rows": rows}, f, indent=1)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", nargs="+", type=int, default=TOKENS)
+    parser.add_argument("--calls", type=int, default=20, help="calls per graph replay")
+    parser.add_argument("--iters", type=int, default=50)
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    measure(args)
+
+
+if __name__ == "__main__":
+    main()
