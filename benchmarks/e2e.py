@@ -488,7 +488,8 @@ def probe(args) -> None:
         )
 
 
-def run_worker(args, variant: dict, round_: int, model: Path, probe_mode: bool) -> None:
+def worker_env(variant: dict, probe_mode: bool = False) -> dict[str, str]:
+    """The environment of a variant's worker process."""
     env = dict(
         os.environ,
         VLLM_SHARED_EXPERT_FUSION_REPLICAS=variant.get("replicas", "0"),
@@ -510,6 +511,20 @@ def run_worker(args, variant: dict, round_: int, model: Path, probe_mode: bool) 
         env["SEF_REPLACE"] = json.dumps(variant["replace"])
     if variant.get("set") or variant.get("replace"):
         env["PYTHONPATH"] = os.pathsep.join([str(CONSTANTS_SITE), env["PYTHONPATH"]])
+        # vLLM keys its compile cache by its settings and its own sources, not by a constant set
+        # or a function replaced at import (a compile pass's op, say): such a variant's graphs
+        # get a cache of their own, so that no process loads another variant's.
+        changes = json.dumps([variant.get("set"), variant.get("replace")], sort_keys=True)
+        root = os.environ.get("VLLM_CACHE_ROOT") or os.path.join(
+            os.path.expanduser(os.environ.get("XDG_CACHE_HOME", "~/.cache")), "vllm"
+        )
+        digest = hashlib.sha256(changes.encode()).hexdigest()[:12]
+        env["VLLM_CACHE_ROOT"] = os.path.join(root, "sef-variants", f"{variant['name']}-{digest}")
+    return env
+
+
+def run_worker(args, variant: dict, round_: int, model: Path, probe_mode: bool) -> None:
+    env = worker_env(variant, probe_mode)
     cmd = [
         sys.executable,
         "-m",

@@ -399,6 +399,27 @@ def test_variant_set_options_parse_into_module_constants() -> None:
             e2e.parse_variant(bad)
 
 
+def test_variants_that_set_or_replace_compile_into_a_cache_of_their_own(monkeypatch) -> None:
+    from benchmarks import e2e
+
+    monkeypatch.setenv("VLLM_CACHE_ROOT", "/cache")
+    module = "vllm.model_executor.layers.fused_moe.experts.triton_moe"
+    plain = e2e.worker_env(e2e.parse_variant("off"))
+    assert plain["VLLM_CACHE_ROOT"] == "/cache"  # vLLM's key covers what plain variants change
+    one, two, again = (
+        e2e.worker_env(e2e.parse_variant(f"v,set={module}.FUSED_SHARED_STREAM_MIN_TOKENS={n}"))
+        for n in (1, 16, 1)
+    )
+    assert one["VLLM_CACHE_ROOT"].startswith("/cache/sef-variants/v-")
+    assert one["VLLM_CACHE_ROOT"] != two["VLLM_CACHE_ROOT"]
+    assert one["VLLM_CACHE_ROOT"] == again["VLLM_CACHE_ROOT"]  # later rounds reuse it
+    replaced = e2e.parse_variant(
+        f"p,replace={module}:TritonExperts._apply_fused_shared_experts"
+        "=benchmarks.prototypes:shared_expert_split_k"
+    )
+    assert e2e.worker_env(replaced)["VLLM_CACHE_ROOT"].startswith("/cache/sef-variants/p-")
+
+
 def test_engine_arguments_add_to_the_scripts_own_dicts() -> None:
     from benchmarks import e2e
 
