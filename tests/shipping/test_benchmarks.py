@@ -603,6 +603,100 @@ def test_prototypes_take_the_arguments_of_the_methods_they_replace() -> None:
     assert list(prototype) == list(series)
 
 
+NORM_QUANT_OP_SCRIPT = """
+from unittest import mock
+
+import torch
+
+from benchmarks import prototypes
+from benchmarks.norm_quant import reference, scales_buffer
+
+
+def truncating(t, dtype):  # the interpreter casts float32 to bf16 by truncation
+    return (t.float().view(torch.int32) & -65536).view(torch.float32).to(dtype)
+
+
+def problem(m):
+    x = torch.randn(m, 256).bfloat16()
+    w = (1 + 0.1 * torch.randn(256)).bfloat16()
+    out = torch.empty(m, 256, dtype=torch.float8_e4m3fn)
+    return out, x, w, scales_buffer(m, 2, True, "cpu"), torch.randn(m, 256).bfloat16()
+
+
+torch.manual_seed(0)
+op = prototypes._norm_quant_op()
+assert op is prototypes._norm_quant_op()  # registered once
+vllm_calls = []
+with mock.patch.object(prototypes, "_vllm_norm_quant", lambda *a: vllm_calls.append(a)):
+    # Up to the threshold: the Triton prototype, with the op's arguments and effects.
+    out, x, w, s, r = problem(16)
+    want_q, want_s, want_r = reference(x, w, 1e-6, r, cast=truncating)
+    op(out, x, w, s, 1e-6, None, r, 128, True)
+    assert torch.equal(s, want_s) and torch.equal(r, want_r) and not vllm_calls
+    # Above it: vLLM's op, with every argument.
+    args = problem(17)
+    op(*args[:4], 1e-6, None, args[4], 128, True)
+    assert len(vllm_calls) == 1 and vllm_calls[0][-1] is True and vllm_calls[0][0] is args[0]
+    # The threshold is read at each call (set= moves it).
+    with mock.patch.object(prototypes, "NORM_QUANT_TRITON_MAX_TOKENS", 32):
+        op(*args[:4], 1e-6, None, args[4], 128, True)
+    assert len(vllm_calls) == 1
+
+# The pattern's __init__: the per-block op becomes this op; other fused ops stay.
+per_block, other = object(), object()
+
+
+class Pattern:
+    pass
+
+
+def replaced(self, epsilon, key):
+    self.FUSED_OP = key
+
+
+prototypes.rms_norm_quant_pattern_init.replaced = replaced
+with mock.patch.object(prototypes, "_per_block_op", lambda: per_block):
+    for key, want in ((per_block, op), (other, other)):
+        pattern = Pattern()
+        prototypes.rms_norm_quant_pattern_init(pattern, 1e-6, key)
+        assert pattern.FUSED_OP is want
+# Where vLLM's build has no per-block op (this CPU build), nothing changes.
+assert prototypes._per_block_op() is None
+pattern = Pattern()
+prototypes.rms_norm_quant_pattern_init(pattern, 1e-6, per_block)
+assert pattern.FUSED_OP is per_block
+print("checked")
+"""
+
+
+def test_norm_quant_prototype_op_dispatches_by_token_count() -> None:
+    """benchmarks/prototypes.py's op for vLLM's fuse_norm_quant patterns: the Triton prototype up
+    to its threshold (in Triton's interpreter), vLLM's op above; the pattern __init__ that puts it
+    in place, where vLLM's build has the per-block op."""
+    import ast
+    import importlib.util
+
+    # The method it wraps sets the attribute it swaps (read in the source: the module needs
+    # CUDA ops to import).
+    spec = importlib.util.find_spec("vllm.compilation.passes.fusion.rms_quant_fusion")
+    tree = ast.parse(Path(spec.origin).read_text())
+    (cls,) = [n for n in tree.body if getattr(n, "name", "") == "RMSNormQuantPattern"]
+    (init,) = [n for n in cls.body if getattr(n, "name", "") == "__init__"]
+    assert "self.FUSED_OP = FUSED_OPS[key]" in ast.unparse(init)
+    assert [a.arg for a in init.args.args[:3]] == ["self", "epsilon", "key"]
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, "-c", NORM_QUANT_OP_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
+    assert "checked" in proc.stdout
+
+
 def test_dense_fp8_step_totals_weigh_each_shape_by_its_launches_per_step() -> None:
     from benchmarks import dense_fp8
 
