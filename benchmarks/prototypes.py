@@ -46,7 +46,6 @@ def shared_expert_split_k(
     (``moe_layer.py shared-stream`` with this in place: 52.4 against 49.7 us at 1 token, 92.5
     against 91.8 at 4, 206.0 against 196.6 at 16; raw/layer_shared_stream_proto_split_k_h100.json).
     Kept as the replace= option's worked example and the record of what was measured."""
-    import torch
     from vllm.model_executor.kernels.linear.scaled_mm.split_k import block_fp8_split_k_mm
     from vllm.model_executor.layers.fused_moe.experts.triton_moe import TritonExperts
 
@@ -119,22 +118,16 @@ def rms_norm_quant_pattern_init(self, *args, **kwargs):
 
 def _per_block_op():
     """vLLM's fused RMSNorm + per-group quant op, None where its build has none (CPU)."""
-    import torch
-
     op = getattr(torch.ops._C, "rms_norm_per_block_quant", None)
     return op.default if op is not None else None
 
 
 def _vllm_norm_quant(*args) -> None:
-    import torch
-
     torch.ops._C.rms_norm_per_block_quant(*args)
 
 
 def _norm_quant_op():
     """torch.ops.vllm.sef_rms_norm_per_block_quant, registered on first use."""
-    import torch
-
     if not hasattr(torch.ops.vllm, NORM_QUANT_OP):
         from vllm.utils.torch_utils import direct_register_custom_op
 
