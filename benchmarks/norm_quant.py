@@ -222,9 +222,9 @@ def measure(args, kernels: dict | None = None, device: str = "cuda") -> list[dic
             print(json.dumps(row), flush=True)
             rows.append(row)
             if args.out:
+                gpu = torch.cuda.get_device_name() if device == "cuda" else device
                 with open(args.out, "w") as f:
-                    gpu = torch.cuda.get_device_name() if device == "cuda" else device
-                json.dump({"gpu": gpu, "rows": rows}, f, indent=1)
+                    json.dump({"gpu": gpu, "rows": rows}, f, indent=1)
     return rows
 
 

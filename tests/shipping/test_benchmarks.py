@@ -929,6 +929,9 @@ for bad, why in ((scales_buffer(3, 3, False, "cpu"), "need \\[tokens, groups\\]"
 
 # measure's rows, with stand-ins for the CUDA-only pieces: vLLM's op computed by the reference,
 # a graph is the function, its replay 2 us for the op and 1 us for the prototype.
+import json
+import os
+import tempfile
 import types
 from unittest import mock
 
@@ -949,9 +952,12 @@ with (
     mock.patch("sefkit.graph_timing.capture", lambda run, inputs, warmup: [run]),
     mock.patch("sefkit.graph_timing.replay_us", lambda graphs, iters, reps: next(replays)),
 ):
-    args = types.SimpleNamespace(tokens=[1, 3], calls=2, iters=1, out=None)
+    out = os.path.join(tempfile.mkdtemp(), "norm_quant.json")
+    args = types.SimpleNamespace(tokens=[1, 3], calls=2, iters=1, out=out)
     kernels = {"vllm_cuda": op_by_reference, "triton": rms_norm_per_block_quant_triton}
     rows = norm_quant.measure(args, kernels, device="cpu")
+with open(out) as f:
+    assert json.load(f) == {"gpu": "cpu", "rows": rows}  # written after each row, all of them
 assert [(r["shape"], r["tokens"]) for r in rows] == [("a", 1), ("a", 3), ("b", 1), ("b", 3)]
 for r in rows:
     assert (r["vllm_cuda_us"], r["triton_us"], r["ratio"]) == (1.0, 0.5, 0.5)  # per call
