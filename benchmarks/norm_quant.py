@@ -1,25 +1,25 @@
-"""RMSNorm + FP8 per-group quantization at decode sizes: vLLM's fused CUDA op against a Triton
-prototype.
+"""RMSNorm + FP8 per-group quantization at decode sizes: vLLM's fused CUDA op against the
+series' one-pass Triton kernel.
 
 vLLM's ``fuse_norm_quant`` compile pass turns DeepSeek-V3's RMSNorms that feed a block-FP8 linear
 layer into ``torch.ops._C.rms_norm_per_block_quant`` (with the residual add for each layer's
-input norm, without it for the query's latent norm). In the engine's decode step at one token
-that op takes 8.4 us per launch with the residual and 4.0 without, on an H100 and an H200 alike
-(docs/benchmarks.md, "sef13 as shipped"), ~10% of the step's busy time, where inductor's own fused
-add + RMSNorm of the MoE input (no quantization) takes 2.5 us: one CUDA block per token walks the
-row three times (the sum of squares, the group maxima, the quantized values), a latency, not
-bandwidth, cost. The prototype does the same arithmetic in one pass over a row held in registers,
-one Triton program per token:
+input norm, without it for the query's latent norm). One CUDA block per token walks the row three
+times (the sum of squares, the group maxima, the quantized values): at decode sizes a latency, not
+a bandwidth, cost (7.6 us a launch with the residual at one token on an H100, ~10% of the engine's
+decode step). Patch "[Perf][Quant] One-pass Triton RMSNorm + FP8 group quantization at decode
+sizes" (``vllm/kernels/triton/rms_norm_group_quant.py``, run by the pass's op up to
+VLLM_RMS_NORM_QUANT_TRITON_MAX_TOKENS tokens) does the same arithmetic in one pass over a row held
+in registers, one Triton program per token:
 
   x = input + residual (float; the residual is written back rounded to the input's dtype),
   y = dtype(dtype(x * rsqrt(mean(x^2) + eps)) * weight),
   per group of 128: scale = max(min(absmax(y), scale_ub) / fp8_max, 1 / (fp8_max * 512)),
   out = fp8(clamp(y / scale, -fp8_max, fp8_max)), scales row- or column-major (transposed),
 
-as vLLM's kernel computes it (csrc/quantization/fused_kernels/layernorm_utils.cuh). Per shape and
-token count, each kernel's time per call in a CUDA graph of back-to-back calls, and how far the
-prototype's results are from the op's (quantized values that differ, the largest scale ratio, the
-residual bit for bit).
+as vLLM's kernel computes it (csrc/quantization/fused_kernels/layernorm_utils.cuh); ``reference``
+is that arithmetic in torch. Per shape and token count, each kernel's time per call in a CUDA
+graph of back-to-back calls, and how far the Triton kernel's results are from the op's (quantized
+values that differ, the largest scale ratio, the residual bit for bit).
 
     python -m benchmarks.norm_quant --out norm_quant.json [--tokens 1 4 16 64]
     benchmarks/gpu_host.sh norm-quant
@@ -31,8 +31,6 @@ import argparse
 import json
 
 import torch
-import triton
-import triton.language as tl
 
 # name: (hidden size, with the residual add, launches per decode step of the 61-layer model)
 SHAPES = {
@@ -43,96 +41,6 @@ SHAPES = {
 }
 TOKENS = [1, 4, 16, 64]
 GROUP = 128
-
-
-@triton.jit
-def _rms_norm_group_quant_kernel(
-    x_ptr,
-    w_ptr,
-    r_ptr,
-    q_ptr,
-    s_ptr,
-    ub_ptr,
-    x_stride,
-    hidden,
-    eps,
-    fp8_max,
-    min_scale,
-    s_token_stride,
-    s_group_stride,
-    HAS_RESIDUAL: tl.constexpr,
-    HAS_UB: tl.constexpr,
-    GROUP_SIZE: tl.constexpr,
-    GROUPS: tl.constexpr,
-):
-    token = tl.program_id(0).to(tl.int64)
-    groups = tl.arange(0, GROUPS)
-    offs = groups[:, None] * GROUP_SIZE + tl.arange(0, GROUP_SIZE)[None, :]
-    mask = offs < hidden
-    x = tl.load(x_ptr + token * x_stride + offs, mask=mask, other=0.0).to(tl.float32)
-    if HAS_RESIDUAL:
-        r = tl.load(r_ptr + token * hidden + offs, mask=mask, other=0.0)
-        x += r.to(tl.float32)
-        tl.store(r_ptr + token * hidden + offs, x.to(r.dtype), mask=mask)
-    rms = tl.math.rsqrt(tl.sum(tl.sum(x * x, axis=1), axis=0) / hidden + eps)
-    w = tl.load(w_ptr + offs, mask=mask, other=0.0)
-    y = ((x * rms).to(w.dtype).to(tl.float32) * w.to(tl.float32)).to(w.dtype).to(tl.float32)
-    absmax = tl.max(tl.abs(y), axis=1)
-    if HAS_UB:
-        absmax = tl.minimum(absmax, tl.load(ub_ptr))
-    scale = tl.maximum(absmax / fp8_max, min_scale)
-    q = tl.clamp(y / scale[:, None], -fp8_max, fp8_max)
-    tl.store(q_ptr + token * hidden + offs, q.to(q_ptr.dtype.element_ty), mask=mask)
-    group_mask = groups * GROUP_SIZE < hidden
-    tl.store(s_ptr + token * s_token_stride + groups * s_group_stride, scale, mask=group_mask)
-
-
-def rms_norm_per_block_quant_triton(
-    out: torch.Tensor,
-    input: torch.Tensor,
-    weight: torch.Tensor,
-    scales: torch.Tensor,
-    epsilon: float,
-    scale_ub: torch.Tensor | None,
-    residual: torch.Tensor | None,
-    group_size: int,
-    is_scale_transposed: bool,
-) -> None:
-    """``torch.ops._C.rms_norm_per_block_quant``'s contract: fills ``out`` and ``scales`` (per
-    token and group) and adds ``input`` into ``residual`` in place."""
-    hidden = input.size(-1)
-    rows = input.view(-1, hidden)
-    tokens = rows.size(0)
-    if hidden % group_size or rows.stride(-1) != 1:
-        raise ValueError(f"hidden size {hidden} and group {group_size}: need whole, dense groups")
-    if scales.shape != (tokens, hidden // group_size):
-        raise ValueError(f"scales {tuple(scales.shape)}: need [tokens, groups]")
-    # As the op reads them: [tokens, groups], or transposed a (maybe padded) [groups, tokens]
-    # buffer seen through its transpose; the strides say which.
-    token_stride, group_stride = scales.stride()
-    if not is_scale_transposed and group_stride != 1:
-        raise ValueError("scales that are not transposed must be [tokens, groups], row-major")
-    fp8_max = torch.finfo(out.dtype).max
-    _rms_norm_group_quant_kernel[(tokens,)](
-        rows,
-        weight,
-        residual if residual is not None else rows,
-        out,
-        scales,
-        scale_ub if scale_ub is not None else scales,
-        rows.stride(0),
-        hidden,
-        epsilon,
-        fp8_max,
-        1.0 / (fp8_max * 512.0),
-        token_stride,
-        group_stride,
-        HAS_RESIDUAL=residual is not None,
-        HAS_UB=scale_ub is not None,
-        GROUP_SIZE=group_size,
-        GROUPS=triton.next_power_of_2(hidden // group_size),
-        num_warps=8 if hidden > 2048 else 4,
-    )
 
 
 def reference(input, weight, epsilon, residual=None, group_size=GROUP, fp8_dtype=None, cast=None):
@@ -179,6 +87,7 @@ def measure(args, kernels: dict | None = None, device: str = "cuda") -> list[dic
 
     if kernels is None:
         import vllm._custom_ops  # noqa: F401  (loads torch.ops._C)
+        from vllm.kernels.triton.rms_norm_group_quant import rms_norm_per_block_quant_triton
 
         kernels = {
             "vllm_cuda": torch.ops._C.rms_norm_per_block_quant,

@@ -8,7 +8,7 @@ what a function replaced as its ``replaced`` attribute.
 
 from __future__ import annotations
 
-import torch  # custom ops' schemas are read off their annotations
+import torch
 
 
 def shared_expert_split_k(
@@ -93,75 +93,3 @@ def shared_expert_split_k(
         torch.mul(down, topk_weights[:, -1:], out=out.view(m, top_k_num, -1)[:, -1])
         done.record()
     return done
-
-
-# Tokens up to which rms_norm_quant_pattern_init's op runs the Triton prototype (set= moves it:
-# benchmarks.prototypes.NORM_QUANT_TRITON_MAX_TOKENS=N).
-NORM_QUANT_TRITON_MAX_TOKENS = 16
-NORM_QUANT_OP = "sef_rms_norm_per_block_quant"
-
-
-def rms_norm_quant_pattern_init(self, *args, **kwargs):
-    """vLLM's RMSNormQuantPattern.__init__ (the fuse_norm_quant compile pass) with the fused op
-    of its FP8 per-group patterns, ``torch.ops._C.rms_norm_per_block_quant``, replaced by a custom
-    op of the same schema that runs benchmarks/norm_quant.py's one-pass Triton prototype up to
-    NORM_QUANT_TRITON_MAX_TOKENS tokens and vLLM's op above: the engine measurement of that
-    prototype with no series change (variant option ``replace=vllm.compilation.passes.fusion.
-    rms_quant_fusion:RMSNormQuantPattern.__init__=benchmarks.prototypes:
-    rms_norm_quant_pattern_init``; the variant compiles into a cache of its own). Patterns with
-    another fused op are left as they are."""
-    rms_norm_quant_pattern_init.replaced(self, *args, **kwargs)
-    per_block = _per_block_op()
-    if per_block is not None and self.FUSED_OP is per_block:
-        self.FUSED_OP = _norm_quant_op()
-
-
-def _per_block_op():
-    """vLLM's fused RMSNorm + per-group quant op, None where its build has none (CPU)."""
-    op = getattr(torch.ops._C, "rms_norm_per_block_quant", None)
-    return op.default if op is not None else None
-
-
-def _vllm_norm_quant(*args) -> None:
-    torch.ops._C.rms_norm_per_block_quant(*args)
-
-
-def _norm_quant_op():
-    """torch.ops.vllm.sef_rms_norm_per_block_quant, registered on first use."""
-    if not hasattr(torch.ops.vllm, NORM_QUANT_OP):
-        from vllm.utils.torch_utils import direct_register_custom_op
-
-        direct_register_custom_op(
-            NORM_QUANT_OP,
-            _norm_quant,
-            mutates_args=["result", "scale", "residual"],
-            fake_impl=_norm_quant_fake,
-        )
-    return getattr(torch.ops.vllm, NORM_QUANT_OP).default
-
-
-def _norm_quant(
-    result: torch.Tensor,
-    input: torch.Tensor,
-    weight: torch.Tensor,
-    scale: torch.Tensor,
-    epsilon: float,
-    scale_ub: torch.Tensor | None,
-    residual: torch.Tensor | None,
-    group_size: int,
-    is_scale_transposed: bool,
-) -> None:
-    """The op's body: the Triton prototype up to NORM_QUANT_TRITON_MAX_TOKENS tokens, vLLM's
-    op above."""
-    args = (result, input, weight, scale, epsilon, scale_ub, residual, group_size)
-    if input.numel() // input.size(-1) <= NORM_QUANT_TRITON_MAX_TOKENS:
-        from benchmarks.norm_quant import rms_norm_per_block_quant_triton
-
-        rms_norm_per_block_quant_triton(*args, is_scale_transposed)
-    else:
-        _vllm_norm_quant(*args, is_scale_transposed)
-
-
-def _norm_quant_fake(*args, **kwargs) -> None:
-    """The op's fake: it only writes into its arguments."""
-    return None

@@ -603,97 +603,6 @@ def test_prototypes_take_the_arguments_of_the_methods_they_replace() -> None:
     assert list(prototype) == list(series)
 
 
-NORM_QUANT_OP_SCRIPT = """
-from unittest import mock
-
-import torch
-
-from benchmarks import prototypes
-from benchmarks.norm_quant import reference, scales_buffer
-
-
-def truncating(t, dtype):  # the interpreter casts float32 to bf16 by truncation
-    return (t.float().view(torch.int32) & -65536).view(torch.float32).to(dtype)
-
-
-def problem(m):
-    x = torch.randn(m, 256).bfloat16()
-    w = (1 + 0.1 * torch.randn(256)).bfloat16()
-    out = torch.empty(m, 256, dtype=torch.float8_e4m3fn)
-    return out, x, w, scales_buffer(m, 2, True, "cpu"), torch.randn(m, 256).bfloat16()
-
-
-torch.manual_seed(0)
-op = prototypes._norm_quant_op()
-assert op is prototypes._norm_quant_op()  # registered once
-vllm_calls = []
-with mock.patch.object(prototypes, "_vllm_norm_quant", lambda *a: vllm_calls.append(a)):
-    # Up to the threshold: the Triton prototype, with the op's arguments and effects.
-    out, x, w, s, r = problem(16)
-    want_q, want_s, want_r = reference(x, w, 1e-6, r, cast=truncating)
-    op(out, x, w, s, 1e-6, None, r, 128, True)
-    assert torch.equal(s, want_s) and torch.equal(r, want_r) and not vllm_calls
-    # Above it: vLLM's op, with every argument.
-    args = problem(17)
-    op(*args[:4], 1e-6, None, args[4], 128, True)
-    assert len(vllm_calls) == 1 and vllm_calls[0][-1] is True and vllm_calls[0][0] is args[0]
-    # The threshold is read at each call (set= moves it).
-    with mock.patch.object(prototypes, "NORM_QUANT_TRITON_MAX_TOKENS", 32):
-        op(*args[:4], 1e-6, None, args[4], 128, True)
-    assert len(vllm_calls) == 1
-# Its fake, as the compile pass's tracing calls it: no kernel, nothing returned.
-from torch._subclasses.fake_tensor import FakeTensorMode
-
-with FakeTensorMode():
-    args = problem(4)
-    assert op(*args[:4], 1e-6, None, args[4], 128, True) is None
-
-# The pattern's __init__: the per-block op becomes this op; other fused ops stay.
-per_block, other = object(), object()
-
-
-class Pattern:
-    pass
-
-
-def replaced(self, epsilon, key):
-    self.FUSED_OP = key
-
-
-prototypes.rms_norm_quant_pattern_init.replaced = replaced
-with mock.patch.object(prototypes, "_per_block_op", lambda: per_block):
-    for key, want in ((per_block, op), (other, other)):
-        pattern = Pattern()
-        prototypes.rms_norm_quant_pattern_init(pattern, 1e-6, key)
-        assert pattern.FUSED_OP is want
-# Where vLLM's build has no per-block op (this CPU build), nothing changes.
-assert prototypes._per_block_op() is None
-pattern = Pattern()
-prototypes.rms_norm_quant_pattern_init(pattern, 1e-6, per_block)
-assert pattern.FUSED_OP is per_block
-print("checked")
-"""
-
-
-def test_norm_quant_prototype_op_dispatches_by_token_count() -> None:
-    """benchmarks/prototypes.py's op for vLLM's fuse_norm_quant patterns: the Triton prototype up
-    to its threshold (in Triton's interpreter), vLLM's op above; the pattern __init__ that puts it
-    in place, where vLLM's build has the per-block op."""
-    import ast
-    import importlib.util
-
-    # The method it wraps sets the attribute it swaps (read in the source: the module needs
-    # CUDA ops to import).
-    spec = importlib.util.find_spec("vllm.compilation.passes.fusion.rms_quant_fusion")
-    tree = ast.parse(Path(spec.origin).read_text())
-    (cls,) = [n for n in tree.body if getattr(n, "name", "") == "RMSNormQuantPattern"]
-    (init,) = [n for n in cls.body if getattr(n, "name", "") == "__init__"]
-    assert "self.FUSED_OP = FUSED_OPS[key]" in ast.unparse(init)
-    assert [a.arg for a in init.args.args[:3]] == ["self", "epsilon", "key"]
-    proc = _in_triton_interpreter(NORM_QUANT_OP_SCRIPT)
-    assert "checked" in proc.stdout
-
-
 def test_dense_fp8_step_totals_weigh_each_shape_by_its_launches_per_step() -> None:
     from benchmarks import dense_fp8
 
@@ -888,7 +797,14 @@ def test_moe_configs_as_copies_another_gpus_files_under_this_name(tmp_path) -> N
 
 NORM_QUANT_SCRIPT = """
 import torch
-from benchmarks.norm_quant import reference, rms_norm_per_block_quant_triton, scales_buffer
+import triton
+import vllm.triton_utils
+
+from benchmarks.norm_quant import reference, scales_buffer
+
+# vLLM's CPU build turns Triton off (placeholders for triton.jit); here Triton's interpreter runs.
+vllm.triton_utils.triton, vllm.triton_utils.tl = triton, triton.language
+from vllm.kernels.triton.rms_norm_group_quant import rms_norm_per_block_quant_triton
 
 def truncating(t, dtype):  # the interpreter casts float32 to bf16 by truncation, the GPU rounds
     assert dtype == torch.bfloat16
@@ -916,7 +832,7 @@ for hidden, m, has_res, transposed in [(512, 3, True, True), (384, 2, False, Fal
     assert ((q * q_ref >= 0) & (q.abs() <= q_ref.abs() * 1.125 + 2**-9)).all()
     assert (q.abs() >= q_ref.abs() / 2 - 2**-9).all()
     checked += 1
-for bad, why in ((scales_buffer(3, 3, False, "cpu"), "need \\[tokens, groups\\]"),
+for bad, why in ((scales_buffer(3, 3, False, "cpu"), "need float32 \\[tokens, groups\\]"),
                  (scales_buffer(3, 4, True, "cpu"), "row-major")):
     try:
         rms_norm_per_block_quant_triton(torch.empty(3, 512, dtype=torch.float8_e4m3fn),
@@ -928,7 +844,7 @@ for bad, why in ((scales_buffer(3, 3, False, "cpu"), "need \\[tokens, groups\\]"
         checked += 1
 
 # measure's rows, with stand-ins for the CUDA-only pieces: vLLM's op computed by the reference,
-# a graph is the function, its replay 2 us for the op and 1 us for the prototype.
+# a graph is the function, its replay 2 us for the op and 1 us for the Triton kernel.
 import json
 import os
 import tempfile
@@ -968,8 +884,10 @@ print("checked", checked)
 """
 
 
-def test_norm_quant_prototype_in_triton_interpreter() -> None:
-    """benchmarks/norm_quant.py's Triton RMSNorm + FP8 group quantization against its torch
-    reference of vLLM's op (the interpreter's casts stood in for), and its refusals."""
+def test_norm_quant_kernel_in_triton_interpreter() -> None:
+    """The series' Triton RMSNorm + FP8 group quantization (vllm/kernels/triton/
+    rms_norm_group_quant.py, from the installed wheel) against benchmarks/norm_quant.py's torch
+    reference of vLLM's op (the interpreter's casts stood in for), its refusals, and
+    norm_quant.measure's rows."""
     proc = _in_triton_interpreter(NORM_QUANT_SCRIPT)
     assert "checked 10" in proc.stdout, proc.stdout
