@@ -779,15 +779,30 @@ def test_moe_configs_as_copies_another_gpus_files_under_this_name(tmp_path) -> N
     result = step("NVIDIA_H200", str(dest), "NVIDIA_H100_80GB_HBM3")
     assert result.returncode == 0, result.stderr
     fp8 = "dtype=fp8_w8a8,block_shape=[128,128]"
-    for kind in (".json", "_down.json"):
-        copied = dest / f"E=257,N=256,device_name=NVIDIA_H100_80GB_HBM3,{fp8}{kind}"
-        h200 = src / f"E=257,N=256,device_name=NVIDIA_H200,{fp8}{kind}"
-        assert copied.read_bytes() == h200.read_bytes()
-    # vLLM's own H100 file for a shape stays in charge: nothing copied over it.
-    assert (src / "E=128,N=192,device_name=NVIDIA_H200.json").exists()
-    own = "E=128,N=192,device_name=NVIDIA_H100_80GB_HBM3.json"
-    assert (src / own).exists()
-    assert not (dest / own).exists()
+    for shape in (
+        f"E=264,N=256,device_name=NVIDIA_H200,{fp8}",
+        "E=264,N=512,device_name=NVIDIA_H200",
+    ):
+        copied = dest / f"{shape.replace('NVIDIA_H200', 'NVIDIA_H100_80GB_HBM3')}.json"
+        assert copied.read_bytes() == (src / f"{shape}.json").read_bytes()
+    # An H100 file the wheel has for a shape stays in charge: nothing copied over it (vLLM's own,
+    # and patch 0017's for DeepSeek-V3 FP8, gate-up and down).
+    for h200, own in (
+        (
+            "E=128,N=192,device_name=NVIDIA_H200.json",
+            "E=128,N=192,device_name=NVIDIA_H100_80GB_HBM3.json",
+        ),
+        *(
+            (
+                f"E=257,N=256,device_name=NVIDIA_H200,{fp8}{kind}",
+                f"E=257,N=256,device_name=NVIDIA_H100_80GB_HBM3,{fp8}{kind}",
+            )
+            for kind in (".json", "_down.json")
+        ),
+    ):
+        assert (src / h200).exists()
+        assert (src / own).exists()
+        assert not (dest / own).exists()
     assert not list(dest.glob("*NVIDIA_H200*"))
     assert f"{len(list(dest.iterdir()))} MoE config files" in result.stdout
     result = step("NVIDIA_H999", str(tmp_path / "none"), "X")
