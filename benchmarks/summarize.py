@@ -40,6 +40,7 @@ DAY14 = "2026-12-04"  # seventeenth session: sef10 A B A B with the engine-step 
 DAY15 = "2026-12-05"  # nineteenth session: sef11 on an H100, dense FP8 GEMMs, the 0010 race
 DAY16 = "2026-12-06"  # twentieth session: sef12 on an H100, patch 0016 in the engine
 DAY17 = "2026-12-06"  # twenty-first session: sef13 on an H100, stock / fused / off with throughput
+DAY18 = "2026-12-06"  # twenty-second session: H100 MoE configs and the Triton norm + quant (sef14)
 
 
 def layer_rows() -> list[dict]:
@@ -282,6 +283,17 @@ def e2e_rows() -> list[dict]:
             gpu=H100,
             extra=SEF13_H100_NOTE,
         )
+        + realistic_rows(
+            REALISTIC_SEF14_PROTO_H100,
+            "e2e_dsv3_tp8_rank_fp8_realistic_sef14proto_h100_l30",
+            set(),
+            throughput="throughput_sef14proto_h100_l30",
+            date=DAY18,
+            prefix_caching=False,
+            gpu=H100,
+            extra=SEF14_PROTO_NOTE,
+            sides_of={"stock": "stock", "fused_new": "fused", "off_new": "off"},
+        )
     )
 
 
@@ -389,6 +401,23 @@ SEF13_H100_NOTE = {
     "note": "61-layer model cut to 30 layers to fit the H100's 80 GB; distinct_experts is the "
     "61-layer model's probe (the same seeded routers); processes stock, fused, off, off, fused, "
     "stock over two device calls",
+}
+
+
+# sef14's two patches before they were patches (twenty-second session), the same 30-layer cut,
+# ITL/TTFT at 1, 4 and 16 and both throughput workloads (two repetitions each): sef13 with the
+# H200 MoE files under the H100's name (VLLM_TUNED_CONFIG_FOLDER, what patch 0017 ships) and
+# the Triton norm + quant kernel up to 16 tokens (a replace= prototype of patch 0018's op; the
+# patch runs it up to 64). Processes fused, stock (one call; off cut off by the call's time
+# limit), stock, fused (the next), off (ITL/TTFT only, a third call).
+REALISTIC_SEF14_PROTO_H100 = ["e2e_realistic_sef13_tnorm_h100cfg_h100_l30"]
+SEF14_PROTO_NOTE = {
+    "layers": 30,
+    "series": "sef13 + patch 0017's files (VLLM_TUNED_CONFIG_FOLDER) + patch 0018's kernel up "
+    "to 16 tokens (benchmarks/prototypes.py hook, since removed); stock: vLLM 0.32.0 as released",
+    "note": "61-layer model cut to 30 layers to fit the H100's 80 GB; distinct_experts is the "
+    "61-layer model's probe (the same seeded routers); processes fused, stock, stock, fused over "
+    "two device calls, off once in a third (ITL/TTFT only)",
 }
 
 
@@ -985,6 +1014,64 @@ def dense_fp8_rows() -> list[dict]:
     return rows
 
 
+def h100_config_rows() -> list[dict]:
+    """Patch 0017 at layer level (``benchmarks/moe_layer.py bench``, sef13, H100): the fused and
+    the unfused layer with vLLM's default tiles (``stock``; no H100 file for these shapes) and
+    with the H200 files under the H100's name (``fused``: what patch 0017 ships), two processes
+    in consecutive device calls; one scenario per layer."""
+    default, files = (
+        json.loads((RAW / f"layer_bench_sef13_h100_{name}_configs.json").read_text())["rows"]
+        for name in ("default", "h200")
+    )
+    return [
+        {
+            "scenario": f"moe_layer_h100_configs_{layer}",
+            "dtype": "fp8",
+            "tp_equiv": 8,
+            "batch": before["batch"],
+            "metric": "moe_us",
+            "stock": round(before[side], 2),
+            "fused": round(after[side], 2),
+            "ratio": round(after[side] / before[side], 3),
+            "compares": f"{layer} layer: default tiles / patch 0017's H100 files",
+            "floor_us": round(after["floor_us"], 2),
+            "gpu": H100,
+            "vllm": VLLM,
+            "date": DAY18,
+        }
+        for before, after in zip(default, files, strict=True)
+        for layer, side in (("unfused", "stock"), ("fused", "fused"))
+    ]
+
+
+def norm_quant_rows() -> list[dict]:
+    """Patch 0018 at kernel level (``benchmarks/norm_quant.py``, H100): vLLM's
+    ``_C.rms_norm_per_block_quant`` (``stock``) and the Triton kernel (``fused``), us per call in
+    CUDA graphs of back-to-back calls; one scenario per DeepSeek-V3 shape."""
+    return [
+        {
+            "scenario": f"norm_quant_{r['shape']}",
+            "dtype": "fp8",
+            "tp_equiv": 8,
+            "batch": r["tokens"],
+            "metric": "us_per_call",
+            "stock": round(r["vllm_cuda_us"], 2),
+            "fused": round(r["triton_us"], 2),
+            "ratio": round(r["ratio"], 3),
+            "compares": f"hidden {r['hidden']}"
+            + (" with the residual add" if r["residual"] else "")
+            + ": vLLM's CUDA op / patch 0018's Triton kernel",
+            "launches_per_step": r["launches_per_step"],
+            "quantized_values_differing": round(r["quantized_values_differing"], 5),
+            "residual_equal": r["residual_equal"],
+            "gpu": H100,
+            "vllm": VLLM,
+            "date": DAY18,
+        }
+        for r in json.loads((RAW / "norm_quant_h100.json").read_text())["rows"]
+    ]
+
+
 def summary_rows() -> list[dict]:
     """Every row of summary.json, in its order."""
     return (
@@ -1000,6 +1087,8 @@ def summary_rows() -> list[dict]:
         + shared_stream_rows()
         + tile_rows()
         + dense_fp8_rows()
+        + h100_config_rows()
+        + norm_quant_rows()
         + e2e_rows()
     )
 
