@@ -21,7 +21,7 @@ is that arithmetic in torch. Per shape and token count, each kernel's time per c
 graph of back-to-back calls, and how far the Triton kernel's results are from the op's (quantized
 values that differ, the largest scale ratio, the residual bit for bit).
 
-    python -m benchmarks.norm_quant --out norm_quant.json [--tokens 1 4 16 64]
+    python -m benchmarks.norm_quant --out norm_quant.json [--tokens 1 4 16 64 128 256]
     benchmarks/gpu_host.sh norm-quant
 """
 
@@ -39,7 +39,7 @@ SHAPES = {
     "q_a_norm": (1536, False, 61),
     "input_norm_first": (7168, False, 1),
 }
-TOKENS = [1, 4, 16, 64]
+TOKENS = [1, 4, 16, 64, 128, 256]  # patch 0018 runs the Triton kernel up to 64 on Hopper
 GROUP = 128
 
 
