@@ -1054,7 +1054,7 @@ def norm_quant_rows() -> list[dict]:
             "dtype": "fp8",
             "tp_equiv": 8,
             "batch": r["tokens"],
-            "metric": "us_per_call",
+            "metric": "kernel_us",
             "stock": round(r["vllm_cuda_us"], 2),
             "fused": round(r["triton_us"], 2),
             "ratio": round(r["ratio"], 3),

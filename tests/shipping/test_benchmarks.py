@@ -34,7 +34,7 @@ def test_summary_rows_have_the_agreed_format() -> None:
     rows = json.loads((ROOT / "benchmarks" / "results" / "summary.json").read_text())
     for row in rows:
         assert set(row) >= ROW_KEYS, row
-        assert row["metric"] in {"itl_ms", "ttft_ms", "moe_us", "tok_s", "step_us"}
+        assert row["metric"] in {"itl_ms", "ttft_ms", "moe_us", "tok_s", "step_us", "kernel_us"}
         assert row["ratio"] == pytest.approx(row["fused"] / row["stock"], abs=2e-3)
         if row["scenario"].startswith("e2e") or row["scenario"] == "throughput":
             assert row["routing"] in {"dummy", "realistic"}, row
@@ -56,6 +56,16 @@ def test_summary_rows_have_the_agreed_format() -> None:
     # sef3 as shipped: stock, fusion off and fused end to end; the rejected in-GEMM
     # quantization at layer level.
     assert ("e2e_dsv3_tp8_rank_fp8_realistic_sef3", "fp8", 8) in scenarios
+    # sef14's patches: 0017 at layer level (both layers), 0018 per kernel shape; both end to end.
+    for scenario in (
+        "moe_layer_h100_configs_fused",
+        "moe_layer_h100_configs_unfused",
+        "norm_quant_input_norm_residual",
+        "norm_quant_q_a_norm",
+        "e2e_dsv3_tp8_rank_fp8_realistic_sef14proto_h100_l30",
+        "throughput_sef14proto_h100_l30",
+    ):
+        assert (scenario, "fp8", 8) in scenarios
     assert ("moe_layer_input_quant_rejected", "fp8", 8) in scenarios
     # sef5: patch 0008's fill at layer level, both layers; throughput, stock and fused.
     assert ("moe_layer_naive_fill_off", "fp8", 8) in scenarios
