@@ -41,6 +41,7 @@ DAY15 = "2026-12-05"  # nineteenth session: sef11 on an H100, dense FP8 GEMMs, t
 DAY16 = "2026-12-06"  # twentieth session: sef12 on an H100, patch 0016 in the engine
 DAY17 = "2026-12-06"  # twenty-first session: sef13 on an H100, stock / fused / off with throughput
 DAY18 = "2026-12-06"  # twenty-second session: H100 MoE configs and the Triton norm + quant (sef14)
+DAY19 = "2026-12-06"  # twenty-third session: sef14 as built on an H100
 
 
 def layer_rows() -> list[dict]:
@@ -294,6 +295,16 @@ def e2e_rows() -> list[dict]:
             extra=SEF14_PROTO_NOTE,
             sides_of={"stock": "stock", "fused_new": "fused", "off_new": "off"},
         )
+        + realistic_rows(
+            REALISTIC_SEF14_H100,
+            "e2e_dsv3_tp8_rank_fp8_realistic_sef14_h100_l30",
+            set(),
+            throughput="throughput_sef14_h100_l30",
+            date=DAY19,
+            prefix_caching=False,
+            gpu=H100,
+            extra=SEF14_H100_NOTE,
+        )
     )
 
 
@@ -418,6 +429,14 @@ SEF14_PROTO_NOTE = {
     "note": "61-layer model cut to 30 layers to fit the H100's 80 GB; distinct_experts is the "
     "61-layer model's probe (the same seeded routers); processes fused, stock, stock, fused over "
     "two device calls, off once in a third (ITL/TTFT only)",
+}
+REALISTIC_SEF14_H100 = ["e2e_realistic_sef14_h100_l30"]
+SEF14_H100_NOTE = {
+    "layers": 30,
+    "series": "sef14 as built (patches' defaults, no environment); stock: vLLM 0.32.0 as released",
+    "note": "61-layer model cut to 30 layers to fit the H100's 80 GB; distinct_experts is the "
+    "61-layer model's probe (the same seeded routers); processes stock, fused | fused, stock | "
+    "off | fused over four device calls (the last fused: ITL/TTFT only, with the profile)",
 }
 
 
@@ -1044,13 +1063,14 @@ def h100_config_rows() -> list[dict]:
     ]
 
 
-def norm_quant_rows() -> list[dict]:
+def norm_quant_rows(file: str, prefix: str, date: str, kernel: str) -> list[dict]:
     """Patch 0018 at kernel level (``benchmarks/norm_quant.py``, H100): vLLM's
     ``_C.rms_norm_per_block_quant`` (``stock``) and the Triton kernel (``fused``), us per call in
-    CUDA graphs of back-to-back calls; one scenario per DeepSeek-V3 shape."""
+    CUDA graphs of back-to-back calls; one scenario ``prefix``_shape per DeepSeek-V3 shape.
+    ``kernel``: whose Triton kernel ran (the prototype, the patch's)."""
     return [
         {
-            "scenario": f"norm_quant_{r['shape']}",
+            "scenario": f"{prefix}_{r['shape']}",
             "dtype": "fp8",
             "tp_equiv": 8,
             "batch": r["tokens"],
@@ -1060,15 +1080,15 @@ def norm_quant_rows() -> list[dict]:
             "ratio": round(r["ratio"], 3),
             "compares": f"hidden {r['hidden']}"
             + (" with the residual add" if r["residual"] else "")
-            + ": vLLM's CUDA op / patch 0018's Triton kernel",
+            + f": vLLM's CUDA op / {kernel}",
             "launches_per_step": r["launches_per_step"],
             "quantized_values_differing": round(r["quantized_values_differing"], 5),
             "residual_equal": r["residual_equal"],
             "gpu": H100,
             "vllm": VLLM,
-            "date": DAY18,
+            "date": date,
         }
-        for r in json.loads((RAW / "norm_quant_h100.json").read_text())["rows"]
+        for r in json.loads((RAW / f"{file}.json").read_text())["rows"]
     ]
 
 
@@ -1088,7 +1108,10 @@ def summary_rows() -> list[dict]:
         + tile_rows()
         + dense_fp8_rows()
         + h100_config_rows()
-        + norm_quant_rows()
+        + norm_quant_rows(
+            "norm_quant_h100", "norm_quant", DAY18, "the prototype kernel (moved unchanged into 0018)"
+        )
+        + norm_quant_rows("norm_quant_sef14_h100", "norm_quant_sef14", DAY19, "patch 0018's kernel")
         + e2e_rows()
     )
 

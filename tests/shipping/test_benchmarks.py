@@ -64,6 +64,11 @@ def test_summary_rows_have_the_agreed_format() -> None:
         "norm_quant_q_a_norm",
         "e2e_dsv3_tp8_rank_fp8_realistic_sef14proto_h100_l30",
         "throughput_sef14proto_h100_l30",
+        # sef14 as built: the patch's kernel per shape to 512 tokens; the engine on defaults.
+        "norm_quant_sef14_input_norm_residual",
+        "norm_quant_sef14_q_a_norm",
+        "e2e_dsv3_tp8_rank_fp8_realistic_sef14_h100_l30",
+        "throughput_sef14_h100_l30",
     ):
         assert (scenario, "fp8", 8) in scenarios
     assert ("moe_layer_input_quant_rejected", "fp8", 8) in scenarios
