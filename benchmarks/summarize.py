@@ -1108,9 +1108,7 @@ def summary_rows() -> list[dict]:
         + tile_rows()
         + dense_fp8_rows()
         + h100_config_rows()
-        + norm_quant_rows(
-            "norm_quant_h100", "norm_quant", DAY18, "the prototype kernel (moved unchanged into 0018)"
-        )
+        + norm_quant_rows("norm_quant_h100", "norm_quant", DAY18, "the prototype (moved into 0018)")
         + norm_quant_rows("norm_quant_sef14_h100", "norm_quant_sef14", DAY19, "patch 0018's kernel")
         + e2e_rows()
     )
