@@ -914,6 +914,95 @@ print("checked", checked)
 """
 
 
+DENSE_PDL_SCRIPT = """
+import json
+import os
+import tempfile
+import types
+from unittest import mock
+
+import torch
+import triton
+import vllm.triton_utils
+
+vllm.triton_utils.triton, vllm.triton_utils.tl = triton, triton.language  # see NORM_QUANT_SCRIPT
+from vllm.kernels.triton.rms_norm_group_quant import rms_norm_per_block_quant_triton
+
+from benchmarks import dense_pdl
+
+torch.manual_seed(0)
+fp8 = torch.float8_e4m3fn
+shipped_gemm = dense_pdl._installed()["block_fp8_split_k_mm"]
+checked = 0
+# The prototype kernels with PDL off are the patches' kernels: the same bits (norm: with and
+# without the residual, both scale layouts; GEMM: one to several splits, ragged N, both layouts).
+for hidden, m, has_res, transposed in [(512, 3, True, True), (640, 2, False, False)]:
+    x = torch.randn(m, hidden).bfloat16() * 3
+    w = (1 + 0.1 * torch.randn(hidden)).bfloat16()
+    r0 = torch.randn(m, hidden).bfloat16() if has_res else None
+    results = []
+    for launch in (rms_norm_per_block_quant_triton, dense_pdl.norm_quant):
+        out = torch.empty(m, hidden, dtype=fp8)
+        s = torch.empty(hidden // 128, m).t() if transposed else torch.empty(m, hidden // 128)
+        r = r0.clone() if has_res else None
+        if launch is dense_pdl.norm_quant:
+            launch(out, x, w, s, 1e-6, r, 128)
+        else:
+            launch(out, x, w, s, 1e-6, None, r, 128, transposed)
+        results.append((out.view(torch.uint8), s, r))
+    (q0, s0, r0_), (q1, s1, r1) = results
+    assert torch.equal(q0, q1) and torch.equal(s0, s1)
+    assert r0_ is None or torch.equal(r0_, r1)
+    checked += 1
+for m, n, k, config in [(1, 200, 640, (64, 2)), (3, 256, 384, (32, 1)), (20, 96, 1024, (128, 8))]:
+    a = (torch.randn(m, k) * 4).to(fp8)
+    b = (torch.randn(n, k) * 0.5).to(fp8)
+    b_s = torch.rand((n + 127) // 128, k // 128) + 0.5
+    for a_s in (torch.rand(m, k // 128) + 0.5, (torch.rand(k // 128, m) + 0.5).t()):
+        want = shipped_gemm(a, b, a_s, b_s, torch.float32, split_k=config[1], block_n=config[0])
+        got = dense_pdl.split_k_mm(a, b, a_s, b_s, torch.float32, config=config)
+        assert torch.equal(got, want)
+        checked += 1
+assert all(int(c.abs().sum()) == 0 for c in dense_pdl._installed()["_counters"].values())
+
+# measure's rows, the base variant only (PDL is CUDA-only): the shipped producers (patch 0018's
+# kernel; a torch stand-in for vLLM's CUDA quantization), a graph is the function, 2 us a replay.
+def quant(x):
+    g = x.float().view(x.shape[0], -1, 128)
+    scale = g.abs().amax(-1).clamp(min=1e-10) / 448.0
+    return (g / scale[..., None]).to(fp8).view(x.shape), scale.t().contiguous().t()
+
+pairs = {"n": ("norm", 512, True, 96, 512, 3), "q": ("quant", 256, False, 160, 256, 2)}
+with (
+    mock.patch.dict(dense_pdl.PAIRS, pairs, clear=True),
+    mock.patch.object(dense_pdl, "VARIANTS", ("base",)),
+    mock.patch.object(dense_pdl, "copies_for", lambda n, k: 2),
+    mock.patch("sefkit.graph_timing.capture", lambda run, inputs, warmup: [run]),
+    mock.patch("sefkit.graph_timing.replay_us", lambda graphs, iters, reps: 2.0),
+):
+    out = os.path.join(tempfile.mkdtemp(), "dense_pdl.json")
+    args = types.SimpleNamespace(pairs=["n", "q"], tokens=[1, 3], prefetch=2, iters=1, out=out)
+    producers = {"norm": rms_norm_per_block_quant_triton, "quant": quant}
+    rows = dense_pdl.measure(args, producers, device="cpu")
+with open(out) as f:
+    assert json.load(f) == {"gpu": "cpu", "rows": rows}
+assert [(r["pair"], r["tokens"]) for r in rows] == [("n", 1), ("n", 3), ("q", 1), ("q", 3)]
+for r in rows:
+    assert r["base_us"] == 1.0 and r["equal_to_base"] == {"base": True}, r  # 2 us per 2 pairs
+    assert r["pairs_per_step"] == (3 if r["pair"] == "n" else 2)
+    checked += 1
+print("checked", checked)
+"""
+
+
+def test_dense_pdl_prototype_kernels_in_triton_interpreter() -> None:
+    """benchmarks/dense_pdl.py's prototype kernels with PDL off equal patches 0016's and 0018's
+    kernels (from the installed wheel) bit for bit, and its measure writes its rows, in Triton's
+    interpreter (the PDL paths are CUDA-only: the GPU run checks them against the base)."""
+    proc = _in_triton_interpreter(DENSE_PDL_SCRIPT)
+    assert "checked 12" in proc.stdout, proc.stdout
+
+
 def test_norm_quant_kernel_in_triton_interpreter() -> None:
     """The series' Triton RMSNorm + FP8 group quantization (vllm/kernels/triton/
     rms_norm_group_quant.py, from the installed wheel) against benchmarks/norm_quant.py's torch
