@@ -22,6 +22,8 @@ CUDA graphs of back-to-back pairs over weight copies that together exceed the L2
   base          the patches' kernels as shipped (no PDL)
   pdl           producer triggers its dependents at its start; the GEMM waits
   pdl_prefetch  the same, and the GEMM prefetches its first --prefetch K blocks before waiting
+  fused_quant   o_proj only: no producer, the GEMM quantizes its 16-bit input itself (one
+                launch per layer fewer; the quantization's arithmetic as vLLM's kernel has it)
 (o_proj's producer is vLLM's CUDA kernel, which triggers its dependents when it ends.)
 
     python -m benchmarks.dense_pdl --out dense_pdl.json [--tokens 1 4 16] [--prefetch 2]
@@ -47,7 +49,7 @@ PAIRS = {
     "q_a_norm->q_b": ("norm", 1536, False, 3072, 1536, 61),
     "quant->o_proj": ("quant", 2048, False, 7168, 2048, 61),
 }
-VARIANTS = ("base", "pdl", "pdl_prefetch")
+VARIANTS = ("base", "pdl", "pdl_prefetch", "fused_quant")  # fused_quant: o_proj's pair only
 TOKENS = [1, 4, 16]
 GROUP = 128
 L2_BYTES = 50 << 20
@@ -122,11 +124,15 @@ def _split_k_kernel(
     SPLIT_K: tl.constexpr,
     launch_pdl: tl.constexpr = False,
     PREFETCH: tl.constexpr = 0,
+    QUANT_A: tl.constexpr = False,
+    a_eps: tl.constexpr = 1e-10,
 ):
     """Patch 0016's _block_fp8_split_k_kernel with launch_pdl: launched as a programmatic
     dependent, it waits for the previous kernel before its first read of A or As, after
     prefetching into L2 the first PREFETCH K blocks of its weight rows (one 128-byte line per
-    row and block of FP8)."""
+    row and block of FP8). With QUANT_A, A is the unquantized activation (16-bit): each
+    program quantizes its rows' K blocks as vLLM's per-token-group quantization does (absmax
+    at least a_eps, scale absmax / fp8_max, values divided and clamped), As is not read."""
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -166,7 +172,13 @@ def _split_k_kernel(
             mask=k[:, None] < K,
             other=0.0,
         )
-        a_s = tl.load(as_ptr + offs_m * stride_asm + kb * stride_ask)
+        if QUANT_A:
+            fp8_max = 448.0  # float8_e4m3fn, the platform's FP8 on Hopper
+            a = a.to(tl.float32)
+            a_s = tl.maximum(tl.max(tl.abs(a), axis=1), a_eps) / fp8_max
+            a = tl.clamp(a / a_s[:, None], -fp8_max, fp8_max).to(b.dtype)
+        else:
+            a_s = tl.load(as_ptr + offs_m * stride_asm + kb * stride_ask)
         b_s = tl.load(bs_ptr + (offs_n // BLOCK_K) * stride_bsn + kb * stride_bsk)
         acc += tl.dot(a, b) * a_s[:, None] * b_s[None, :]
     mask = (rows[:, None] < M) & (cols[None, :] < N)
@@ -215,7 +227,8 @@ def norm_quant(out, x, weight, scales, eps, residual, group, trigger=False) -> N
 
 def split_k_mm(A, B, As, Bs, out_dtype, pdl=False, prefetch=0, config=None):
     """Patch 0016's ``block_fp8_split_k_mm`` (its tile and split from the installed vLLM's
-    ``split_k_config``, its per-stream counters) launching the prototype kernel."""
+    ``split_k_config``, its per-stream counters) launching the prototype kernel; ``As`` None:
+    A is 16-bit, quantized in the kernel."""
     ns = _installed()
     m, k = A.shape
     n = B.shape[0]
@@ -226,6 +239,9 @@ def split_k_mm(A, B, As, Bs, out_dtype, pdl=False, prefetch=0, config=None):
     if split_k > 1:
         partial = torch.empty((split_k, m, n), device=A.device, dtype=torch.float32)
         counters = ns["_tile_counters"](A.device, grid[0] * grid[1])
+    quant_a = As is None
+    if quant_a:
+        As = A.new_empty((0, 0), dtype=torch.float32)
     _split_k_kernel[grid](
         A,
         B,
@@ -250,6 +266,7 @@ def split_k_mm(A, B, As, Bs, out_dtype, pdl=False, prefetch=0, config=None):
         SPLIT_K=split_k,
         launch_pdl=pdl,
         PREFETCH=prefetch,
+        QUANT_A=quant_a,
         num_warps=4,
         num_stages=4,
     )
@@ -321,6 +338,8 @@ def measure(args, producers: dict | None = None, device: str = "cuda") -> list[d
             s = torch.empty(hidden // GROUP, m, device=device).t()  # transposed, as the pass has
 
             def pair(variant, b, bs, x=x, q=q, s=s, residual=residual, kind=kind, norm_w=norm_w):
+                if variant == "fused_quant":
+                    return split_k_mm(x, b, None, bs, torch.bfloat16)
                 pdl = variant != "base"
                 if kind == "quant":
                     qq, ss = producers["quant"](x)
@@ -338,8 +357,9 @@ def measure(args, producers: dict | None = None, device: str = "cuda") -> list[d
                 prefetch = args.prefetch if variant == "pdl_prefetch" else 0
                 return split_k_mm(qq, b, ss, bs, torch.bfloat16, pdl=True, prefetch=prefetch)
 
+            variants = [v for v in VARIANTS if kind == "quant" or v != "fused_quant"]
             outs, times = {}, {}
-            for variant in VARIANTS:
+            for variant in variants:
                 if residual is not None:
                     residual.copy_(res0)
                 outs[variant] = pair(variant, *weights[0])
@@ -358,9 +378,16 @@ def measure(args, producers: dict | None = None, device: str = "cuda") -> list[d
                 "k": k,
                 "tokens": m,
                 "pairs_per_step": per_step,
-                **{f"{v}_us": times[v] for v in VARIANTS},
+                **{f"{v}_us": times[v] for v in variants},
                 "prefetch_blocks": args.prefetch,
-                "equal_to_base": {v: torch.equal(outs[v], outs["base"]) for v in VARIANTS},
+                "equal_to_base": {v: torch.equal(outs[v], outs["base"]) for v in variants},
+                "max_rel_diff_to_base": {
+                    v: (
+                        (outs[v].float() - outs["base"].float()).abs().max()
+                        / outs["base"].float().abs().max()
+                    ).item()
+                    for v in variants
+                },
                 "copies": count,
             }
             print(json.dumps(row), flush=True)

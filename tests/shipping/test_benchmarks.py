@@ -964,8 +964,21 @@ for m, n, k, config in [(1, 200, 640, (64, 2)), (3, 256, 384, (32, 1)), (20, 96,
         assert torch.equal(got, want)
         checked += 1
 assert all(int(c.abs().sum()) == 0 for c in dense_pdl._installed()["_counters"].values())
+# fused_quant: the GEMM quantizes its bf16 input per row and 128-group itself (the interpreter's
+# FP8 cast is not the GPU's, so against the float product, within FP8's error). Inputs far
+# below and far above FP8's range: without the per-group scales the error is 1.0 and 0.69.
+for m, n, k, magnitude in [(1, 200, 640, 1e-4), (5, 96, 384, 1e3)]:
+    x = (torch.randn(m, k) * magnitude).bfloat16()
+    b = (torch.randn(n, k) * 0.5).to(fp8)
+    b_s = torch.rand((n + 127) // 128, k // 128) + 0.5
+    b_full = b.float() * b_s.repeat_interleave(128, 0)[:n].repeat_interleave(128, 1)
+    want = x.float() @ b_full.T
+    got = dense_pdl.split_k_mm(x, b, None, b_s, torch.float32)
+    err = ((got - want).norm() / want.norm()).item()
+    assert err < 0.1, err
+    checked += 1
 
-# measure's rows, the base variant only (PDL is CUDA-only): the shipped producers (patch 0018's
+# measure's rows, base and fused_quant (PDL is CUDA-only): the shipped producers (patch 0018's
 # kernel; a torch stand-in for vLLM's CUDA quantization), a graph is the function, 2 us a replay.
 def quant(x):
     g = x.float().view(x.shape[0], -1, 128)
@@ -975,7 +988,7 @@ def quant(x):
 pairs = {"n": ("norm", 512, True, 96, 512, 3), "q": ("quant", 256, False, 160, 256, 2)}
 with (
     mock.patch.dict(dense_pdl.PAIRS, pairs, clear=True),
-    mock.patch.object(dense_pdl, "VARIANTS", ("base",)),
+    mock.patch.object(dense_pdl, "VARIANTS", ("base", "fused_quant")),
     mock.patch.object(dense_pdl, "copies_for", lambda n, k: 2),
     mock.patch("sefkit.graph_timing.capture", lambda run, inputs, warmup: [run]),
     mock.patch("sefkit.graph_timing.replay_us", lambda graphs, iters, reps: 2.0),
@@ -988,8 +1001,11 @@ with open(out) as f:
     assert json.load(f) == {"gpu": "cpu", "rows": rows}
 assert [(r["pair"], r["tokens"]) for r in rows] == [("n", 1), ("n", 3), ("q", 1), ("q", 3)]
 for r in rows:
-    assert r["base_us"] == 1.0 and r["equal_to_base"] == {"base": True}, r  # 2 us per 2 pairs
+    assert r["base_us"] == 1.0 and r["equal_to_base"]["base"], r  # 2 us per 2 pairs
     assert r["pairs_per_step"] == (3 if r["pair"] == "n" else 2)
+    # o_proj's pair only: the norm's quantization is fused with the norm already.
+    assert ("fused_quant_us" in r) == (r["pair"] == "q"), r
+    assert r["max_rel_diff_to_base"].get("fused_quant", 0.0) < 0.2, r
     checked += 1
 print("checked", checked)
 """
@@ -997,10 +1013,11 @@ print("checked", checked)
 
 def test_dense_pdl_prototype_kernels_in_triton_interpreter() -> None:
     """benchmarks/dense_pdl.py's prototype kernels with PDL off equal patches 0016's and 0018's
-    kernels (from the installed wheel) bit for bit, and its measure writes its rows, in Triton's
-    interpreter (the PDL paths are CUDA-only: the GPU run checks them against the base)."""
+    kernels (from the installed wheel) bit for bit, its GEMM quantizing its own input computes
+    the product, and its measure writes its rows, in Triton's interpreter (the PDL paths are
+    CUDA-only: the GPU run checks them against the base)."""
     proc = _in_triton_interpreter(DENSE_PDL_SCRIPT)
-    assert "checked 12" in proc.stdout, proc.stdout
+    assert "checked 14" in proc.stdout, proc.stdout
 
 
 def test_norm_quant_kernel_in_triton_interpreter() -> None:
