@@ -35,12 +35,12 @@ Results are written after each row (a run cut short keeps what it measured).
 from __future__ import annotations
 
 import argparse
-import json
-import math
 
 import torch
 import triton
 import triton.language as tl
+
+from benchmarks.dense_fp8 import copies_for
 
 # name: (producer, hidden size of its input, with the residual add, GEMM N, GEMM K, pairs per
 # decode step of the 61-layer model)
@@ -52,7 +52,6 @@ PAIRS = {
 VARIANTS = ("base", "pdl", "pdl_prefetch", "fused_quant")  # fused_quant: o_proj's pair only
 TOKENS = [1, 4, 16]
 GROUP = 128
-L2_BYTES = 50 << 20
 
 
 @triton.jit
@@ -294,16 +293,11 @@ def _installed() -> dict:
     return _NS
 
 
-def copies_for(n: int, k: int, minimum: int = 4) -> int:
-    """Weight copies to rotate through so that their bytes exceed twice the L2 cache."""
-    return max(minimum, math.ceil(2 * L2_BYTES / (n * k)))
-
-
 def measure(args, producers: dict | None = None, device: str = "cuda") -> list[dict]:
     """Rows per pair and token count. ``producers``: the shipped producers by kind, ``norm``
     (patch 0018's launcher, _C.rms_norm_per_block_quant's signature) and ``quant`` (x -> (q,
     transposed scales)); default: the installed vLLM's."""
-    from sefkit.graph_timing import capture, replay_us
+    from sefkit.graph_timing import capture, record, replay_us
 
     if producers is None:
         from vllm.kernels.triton.rms_norm_group_quant import rms_norm_per_block_quant_triton
@@ -390,12 +384,7 @@ def measure(args, producers: dict | None = None, device: str = "cuda") -> list[d
                 },
                 "copies": count,
             }
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-            if args.out:
-                gpu = torch.cuda.get_device_name() if device == "cuda" else device
-                with open(args.out, "w") as f:
-                    json.dump({"gpu": gpu, "rows": rows}, f, indent=1)
+            record(rows, row, args.out, device)
     return rows
 
 

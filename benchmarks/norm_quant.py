@@ -28,7 +28,6 @@ values that differ, the largest scale ratio, the residual bit for bit).
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
 
@@ -83,7 +82,7 @@ def repeated(op, calls: int):
 
 def measure(args, kernels: dict | None = None, device: str = "cuda") -> list[dict]:
     """The rows; ``kernels``: vLLM's op and the prototype by name, the op first."""
-    from sefkit.graph_timing import capture, replay_us
+    from sefkit.graph_timing import capture, record, replay_us
 
     if kernels is None:
         import vllm._custom_ops  # noqa: F401  (loads torch.ops._C)
@@ -128,12 +127,7 @@ def measure(args, kernels: dict | None = None, device: str = "cuda") -> list[dic
                 "scale_ratio_max": (s / s_ref).sub(1).abs().max().item(),
                 "residual_equal": r is None or torch.equal(r, r_ref),
             }
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-            if args.out:
-                gpu = torch.cuda.get_device_name() if device == "cuda" else device
-                with open(args.out, "w") as f:
-                    json.dump({"gpu": gpu, "rows": rows}, f, indent=1)
+            record(rows, row, args.out, device)
     return rows
 
 

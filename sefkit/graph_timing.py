@@ -1,7 +1,8 @@
-"""Timing of CUDA-graph replays, shared by the benchmarks."""
+"""Timing of CUDA-graph replays, and writing their rows, shared by the benchmarks."""
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections.abc import Callable, Sequence
 
@@ -39,3 +40,14 @@ def replay_us(graphs: Sequence, iters: int, reps: int) -> float:
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end) * 1e3 / iters)
     return statistics.median(times)
+
+
+def record(rows: list[dict], row: dict, out: str | None, device: str) -> None:
+    """Print ``row``, append it to ``rows`` and, with ``out``, rewrite that file with every row so
+    far and the GPU's name (``device`` off CUDA): a run cut short keeps what it measured."""
+    print(json.dumps(row), flush=True)
+    rows.append(row)
+    if out:
+        gpu = torch.cuda.get_device_name() if device == "cuda" else device
+        with open(out, "w") as f:
+            json.dump({"gpu": gpu, "rows": rows}, f, indent=1)
