@@ -5,7 +5,7 @@
 - engine_run: one vLLM engine process over tiny checkpoints (a script)
 - fusion_harness: launch engine_run processes, read their outputs
 - compare: fused vs unfused outputs (logprobs, greedy continuations, rounding)
-- graph_timing: CUDA-graph replay timing
+- graph_timing: CUDA-graph replay timing, and writing a benchmark's rows
 - serving: the tiny model `vllm serve` tests serve, their requests, starting and stopping a server
 - triton_kernels: the series' Triton kernels from the installed vLLM's source (routing,
   split-K), for Triton's interpreter on a CPU and the benchmarks
