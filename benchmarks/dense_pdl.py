@@ -35,12 +35,14 @@ Results are written after each row (a run cut short keeps what it measured).
 from __future__ import annotations
 
 import argparse
+import functools
 
 import torch
 import triton
 import triton.language as tl
 
 from benchmarks.dense_fp8 import copies_for
+from sefkit.triton_kernels import dense_split_k
 
 # name: (producer, hidden size of its input, with the residual add, GEMM N, GEMM K, pairs per
 # decode step of the 61-layer model)
@@ -280,17 +282,8 @@ def tile(A, B) -> tuple[int, int]:
     return _installed()["split_k_config"](A.shape[0], B.shape[0], A.shape[1], sms)
 
 
-_NS: dict | None = None
-
-
-def _installed() -> dict:
-    """Patch 0016's definitions as the installed vLLM has them (sefkit.triton_kernels)."""
-    global _NS
-    if _NS is None:
-        from sefkit.triton_kernels import dense_split_k
-
-        _NS = dense_split_k()
-    return _NS
+# Patch 0016's definitions as the installed vLLM has them, loaded once.
+_installed = functools.cache(dense_split_k)
 
 
 def measure(args, producers: dict | None = None, device: str = "cuda") -> list[dict]:
