@@ -42,6 +42,7 @@ DAY16 = "2026-12-06"  # twentieth session: sef12 on an H100, patch 0016 in the e
 DAY17 = "2026-12-06"  # twenty-first session: sef13 on an H100, stock / fused / off with throughput
 DAY18 = "2026-12-06"  # twenty-second session: H100 MoE configs and the Triton norm + quant (sef14)
 DAY19 = "2026-12-06"  # twenty-third session: sef14 as built on an H100
+DAY20 = "2026-12-06"  # twenty-fourth session: sef15's 512-token threshold in the engine, PDL pairs
 
 
 def layer_rows() -> list[dict]:
@@ -305,6 +306,25 @@ def e2e_rows() -> list[dict]:
             gpu=H100,
             extra=SEF14_H100_NOTE,
         )
+        + realistic_rows(
+            THRESHOLD_SEF15_H100,
+            "e2e_norm_quant_threshold_sef15_h100_l30",
+            set(),
+            throughput="throughput_norm_quant_threshold_sef15_h100_l30",
+            date=DAY20,
+            prefix_caching=False,
+            gpu=H100,
+            extra=THRESHOLD_SEF15_NOTE,
+            sides_of=THRESHOLD_SEF15_SIDES,
+        )
+        + engine_step_rows(
+            THRESHOLD_SEF15_H100,
+            "e2e_step_norm_quant_threshold_sef15_h100_l30",
+            DAY20,
+            H100,
+            THRESHOLD_SEF15_NOTE,
+            THRESHOLD_SEF15_SIDES,
+        )
     )
 
 
@@ -437,6 +457,21 @@ SEF14_H100_NOTE = {
     "note": "61-layer model cut to 30 layers to fit the H100's 80 GB; distinct_experts is the "
     "61-layer model's probe (the same seeded routers); processes stock, fused | fused, stock | "
     "off | fused over four device calls (the last fused: ITL/TTFT only, with the profile)",
+}
+
+# sef15's default threshold of patch 0018 (512 tokens) against sef14's (64) in the engine
+# (twenty-fourth session), the same cut: ITL/TTFT at 64 and 256 with the profile, three
+# repetitions; processes fused64, fused | fused, fused64 (with both throughput workloads) |
+# fused64, fused (throughput only), one device call each pair.
+THRESHOLD_SEF15_H100 = ["e2e_threshold_sef15_h100_l30"]
+THRESHOLD_SEF15_SIDES = {"fused64": "stock", "fused": "fused"}
+THRESHOLD_SEF15_NOTE = {
+    "layers": 30,
+    "series": "sef15, shared experts fused",
+    "compares": "VLLM_RMS_NORM_QUANT_TRITON_MAX_TOKENS=64 (sef14's default) / unset (sef15's 512)",
+    "note": "61-layer model cut to 30 layers to fit the H100's 80 GB; distinct_experts is the "
+    "61-layer model's probe (the same seeded routers); both sides are the series fused: the "
+    "'stock' column is patch 0018 up to 64 tokens, not stock vLLM",
 }
 
 
@@ -1092,6 +1127,40 @@ def norm_quant_rows(file: str, prefix: str, date: str, kernel: str) -> list[dict
     ]
 
 
+def dense_pdl_rows(file: str, date: str) -> list[dict]:
+    """Attention's producer -> split-K GEMM pairs (``benchmarks/dense_pdl.py``, H100), us per
+    pair in CUDA graphs: as shipped (``stock``) against the prototype kernels with programmatic
+    dependent launch (scenario dense_pdl_pN_PAIR_pdl), with PDL and the first N K blocks of the
+    weights prefetched into L2 (..._pdl_prefetch; one run per N), and for o_proj the GEMM
+    quantizing its own input (..._fused_quant, not bit-equal: rejected)."""
+    data = json.loads((RAW / f"{file}.json").read_text())
+    rows = []
+    for r in data["rows"]:
+        pair = r["pair"].replace("->", "_")
+        variants = ["pdl", "pdl_prefetch"] + (["fused_quant"] if "fused_quant_us" in r else [])
+        for variant in variants:
+            rows.append(
+                {
+                    "scenario": f"dense_pdl_p{r['prefetch_blocks']}_{pair}_{variant}",
+                    "dtype": "fp8",
+                    "tp_equiv": 8,
+                    "batch": r["tokens"],
+                    "metric": "kernel_us",
+                    "stock": round(r["base_us"], 2),
+                    "fused": round(r[f"{variant}_us"], 2),
+                    "ratio": round(r[f"{variant}_us"] / r["base_us"], 3),
+                    "compares": f"{r['pair']} (N {r['n']}, K {r['k']}): patches 0016/0018 as "
+                    f"shipped / prototype {variant}",
+                    "equal_to_shipped": r["equal_to_base"][variant],
+                    "pairs_per_step": r["pairs_per_step"],
+                    "gpu": data["gpu"],
+                    "vllm": VLLM,
+                    "date": date,
+                }
+            )
+    return rows
+
+
 def summary_rows() -> list[dict]:
     """Every row of summary.json, in its order."""
     return (
@@ -1110,6 +1179,11 @@ def summary_rows() -> list[dict]:
         + h100_config_rows()
         + norm_quant_rows("norm_quant_h100", "norm_quant", DAY18, "the prototype (moved into 0018)")
         + norm_quant_rows("norm_quant_sef14_h100", "norm_quant_sef14", DAY19, "patch 0018's kernel")
+        + norm_quant_rows(
+            "norm_quant_sef15_h100_large", "norm_quant_sef15", DAY20, "patch 0018's kernel"
+        )
+        + dense_pdl_rows("dense_pdl_sef15_h100_p2", DAY20)
+        + dense_pdl_rows("dense_pdl_sef15_h100_p4", DAY20)
         + e2e_rows()
     )
 
