@@ -10,17 +10,18 @@ only before it reads the activations. The sef14 engine profile (H100, 30 layers,
 the dense split-K GEMMs (patch 0016) at 26% of the GPU's busy time and about twice their
 weights' floor (benchmarks/dense_fp8.py): what is left is latency, which is what PDL hides.
 
-Prototype kernels (nothing here is shipped): patch 0016's split-K kernel with a ``launch_pdl``
-path (the wait before the first activation read, optionally a prefetch of the first
-``prefetch`` K blocks of its weights before the wait), and patch 0018's kernel with
-``trigger``: griddepcontrol.launch_dependents at its start, so that its dependent launches at
-once instead of when it exits. Same arithmetic, same order: the outputs must equal the
-patches' kernels' bit for bit (checked per row).
+Patch 0019 ships what this benchmark measured first with prototypes: the split-K GEMM launched
+as a programmatic dependent up to 16 tokens on Hopper, prefetching two K blocks of its weights
+before its wait, and the norm kernel triggering its dependents at its start. The prototype
+kernels here (patch 0016's split-K kernel with ``launch_pdl`` and a ``prefetch`` count, patch
+0018's kernel with ``trigger``) keep the other choices measurable; same arithmetic, same order:
+every output must equal the plain launches' bit for bit (checked per row).
 
 Per pair (producer -> GEMM, DeepSeek-V3's per-rank TP8 shapes) and token count, µs per pair in
 CUDA graphs of back-to-back pairs over weight copies that together exceed the L2 cache:
-  base          the patches' kernels as shipped (no PDL)
-  pdl           producer triggers its dependents at its start; the GEMM waits
+  base          the patches' kernels launched plainly (block_fp8_split_k_mm(launch_pdl=False))
+  shipped       the patches' kernels with their defaults (patch 0019's PDL where it applies)
+  pdl           prototype: the producer triggers its dependents at its start; the GEMM waits
   pdl_prefetch  the same, and the GEMM prefetches its first --prefetch K blocks before waiting
   fused_quant   o_proj only: no producer, the GEMM quantizes its 16-bit input itself (one
                 launch per layer fewer; the quantization's arithmetic as vLLM's kernel has it)
@@ -51,7 +52,8 @@ PAIRS = {
     "q_a_norm->q_b": ("norm", 1536, False, 3072, 1536, 61),
     "quant->o_proj": ("quant", 2048, False, 7168, 2048, 61),
 }
-VARIANTS = ("base", "pdl", "pdl_prefetch", "fused_quant")  # fused_quant: o_proj's pair only
+# fused_quant: o_proj's pair only
+VARIANTS = ("base", "shipped", "pdl", "pdl_prefetch", "fused_quant")
 TOKENS = [1, 4, 16]
 GROUP = 128
 
@@ -327,19 +329,20 @@ def measure(args, producers: dict | None = None, device: str = "cuda") -> list[d
             def pair(variant, b, bs, x=x, q=q, s=s, residual=residual, kind=kind, norm_w=norm_w):
                 if variant == "fused_quant":
                     return split_k_mm(x, b, None, bs, torch.bfloat16)
-                pdl = variant != "base"
+                shipped = variant in ("base", "shipped")
                 if kind == "quant":
                     qq, ss = producers["quant"](x)
-                elif variant == "base":
+                elif shipped:
                     producers["norm"](q, x, norm_w, s, 1e-6, None, residual, GROUP, True)
                     qq, ss = q, s
                 else:
                     norm_quant(q, x, norm_w, s, 1e-6, residual, GROUP, trigger=True)
                     qq, ss = q, s
-                if not pdl:
+                if shipped:
                     block_n, split_k = tile(qq, b)
+                    plain = {"launch_pdl": False} if variant == "base" else {}
                     return shipped_gemm(
-                        qq, b, ss, bs, torch.bfloat16, split_k=split_k, block_n=block_n
+                        qq, b, ss, bs, torch.bfloat16, split_k=split_k, block_n=block_n, **plain
                     )
                 prefetch = args.prefetch if variant == "pdl_prefetch" else 0
                 return split_k_mm(qq, b, ss, bs, torch.bfloat16, pdl=True, prefetch=prefetch)

@@ -109,7 +109,8 @@ print('ll_bf16 router GEMM available:', a())"
     (cd vllm && cp -r --parents tests/__init__.py tests/kernels/__init__.py tests/kernels/utils.py \
       tests/kernels/quant_utils.py tests/kernels/moe tests/kernels/quantization/nvfp4_utils.py \
       tests/kernels/quantization/test_block_fp8_split_k.py \
-      tests/kernels/quantization/test_rms_norm_group_quant_triton.py tests/kernels/allclose_default.py \
+      tests/kernels/quantization/test_rms_norm_group_quant_triton.py \
+      tests/kernels/quantization/test_block_fp8_split_k_pdl.py tests/kernels/allclose_default.py \
       tests/quantization/__init__.py tests/quantization/reference_mxfp4.py \
       tests/distributed/__init__.py tests/distributed/eplb_utils.py \
       "$dir/")

@@ -13,8 +13,8 @@ it does in vLLM.
   (tests/fusion/test_triton_kernels.py).
 - ``moe_sum``: patch 0014's Triton launch of the top-k sum, each token's last row read from another
   buffer with patch 0015 (tests/fusion/test_triton_kernels.py).
-- ``dense_split_k``: patch 0016's split-K block-FP8 GEMM of dense linear layers
-  (tests/fusion/test_triton_kernels.py).
+- ``dense_split_k``: patch 0016's split-K block-FP8 GEMM of dense linear layers, with patch
+  0019's programmatic dependent launch (tests/fusion/test_triton_kernels.py).
 """
 
 from __future__ import annotations
@@ -169,6 +169,8 @@ def dense_split_k() -> dict:
             "GROUP",
             "PROGRAMS_PER_SM",
             "MAX_SPLIT_K",
+            "PDL_MAX_TOKENS",
+            "PDL_PREFETCH_BLOCKS",
             "_block_fp8_split_k_kernel",
             "split_k_config",
             "_counters",

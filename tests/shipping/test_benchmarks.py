@@ -978,8 +978,9 @@ for m, n, k, magnitude in [(1, 200, 640, 1e-4), (5, 96, 384, 1e3)]:
     assert err < 0.1, err
     checked += 1
 
-# measure's rows, base and fused_quant (PDL is CUDA-only): the shipped producers (patch 0018's
-# kernel; a torch stand-in for vLLM's CUDA quantization), a graph is the function, 2 us a replay.
+# measure's rows, base, shipped and fused_quant (PDL is CUDA-only: here shipped launches plainly):
+# the shipped producers (patch 0018's kernel; a torch stand-in for vLLM's CUDA quantization), a
+# graph is the function, 2 us a replay.
 def quant(x):
     g = x.float().view(x.shape[0], -1, 128)
     scale = g.abs().amax(-1).clamp(min=1e-10) / 448.0
@@ -988,7 +989,7 @@ def quant(x):
 pairs = {"n": ("norm", 512, True, 96, 512, 3), "q": ("quant", 256, False, 160, 256, 2)}
 with (
     mock.patch.dict(dense_pdl.PAIRS, pairs, clear=True),
-    mock.patch.object(dense_pdl, "VARIANTS", ("base", "fused_quant")),
+    mock.patch.object(dense_pdl, "VARIANTS", ("base", "shipped", "fused_quant")),
     mock.patch.object(dense_pdl, "copies_for", lambda n, k: 2),
     mock.patch("sefkit.graph_timing.capture", lambda run, inputs, warmup: [run]),
     mock.patch("sefkit.graph_timing.replay_us", lambda graphs, iters, reps: 2.0),
@@ -1002,6 +1003,7 @@ with open(out) as f:
 assert [(r["pair"], r["tokens"]) for r in rows] == [("n", 1), ("n", 3), ("q", 1), ("q", 3)]
 for r in rows:
     assert r["base_us"] == 1.0 and r["equal_to_base"]["base"], r  # 2 us per 2 pairs
+    assert r["shipped_us"] == 1.0 and r["equal_to_base"]["shipped"], r
     assert r["pairs_per_step"] == (3 if r["pair"] == "n" else 2)
     # o_proj's pair only: the norm's quantization is fused with the norm already.
     assert ("fused_quant_us" in r) == (r["pair"] == "q"), r
