@@ -38,6 +38,8 @@
 #                                          a Triton prototype (benchmarks/norm_quant.py)
 #   benchmarks/gpu_host.sh dense-pdl [ARGS]  attention's producer -> split-K GEMM pairs without /
 #                                          with programmatic dependent launch (benchmarks/dense_pdl.py)
+#   benchmarks/gpu_host.sh router-gemm [ARGS]  the MoE router's bf16 GEMM, cuBLAS / a split-K Triton
+#                                          prototype (benchmarks/router_gemm.py)
 #   benchmarks/gpu_host.sh tuned-site SITE CONFIGS NEW  NEW := SITE (e.g. /root/stock-site) with its own
 #                                          copy of vLLM holding the block-FP8 config files in CONFIGS
 #                                          (dense-fp8 --write-configs), for an e2e variant site=NEW
@@ -156,6 +158,7 @@ with open(sys.argv[1], "w") as f:
   dense-fp8) python3 -m benchmarks.dense_fp8 --out "$OUT/dense_fp8.json" "$@" ;;
   norm-quant) python3 -m benchmarks.norm_quant --out "$OUT/norm_quant.json" "$@" ;;
   dense-pdl) python3 -m benchmarks.dense_pdl --out "$OUT/dense_pdl.json" "$@" ;;
+  router-gemm) python3 -m benchmarks.router_gemm --out "$OUT/router_gemm.json" "$@" ;;
   tuned-site)
     [ $# -eq 3 ] || { echo "usage: gpu_host.sh tuned-site SITE CONFIGS NEW" >&2; exit 2; }
     site=$1 configs=$2 new=$3
