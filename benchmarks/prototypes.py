@@ -93,3 +93,61 @@ def shared_expert_split_k(
         torch.mul(down, topk_weights[:, -1:], out=out.view(m, top_k_num, -1)[:, -1])
         done.record()
     return done
+
+
+# The router's bf16 GEMM by benchmarks/router_gemm.py's split-K prototype, as a custom op (the
+# model's forward is traced by torch.compile; the choice depends on the token count).
+ROUTER_MAX_TOKENS = 16
+
+
+def _router_config() -> tuple[int, int, bool]:
+    """(BLOCK_N, SPLIT_K, PDL) from SEF_ROUTER_SPLIT_K=BLOCK_N/SPLITS[/pdl] (default 32/8)."""
+    import os
+
+    setting = os.environ.get("SEF_ROUTER_SPLIT_K", "32/8")
+    parts = setting.split("/")
+    try:
+        block_n, splits = int(parts[0]), int(parts[1])
+    except (IndexError, ValueError):
+        raise ValueError(f"SEF_ROUTER_SPLIT_K={setting!r}: need BLOCK_N/SPLITS[/pdl]") from None
+    if len(parts) > 3 or (len(parts) == 3 and parts[2] != "pdl"):
+        raise ValueError(f"SEF_ROUTER_SPLIT_K={setting!r}: need BLOCK_N/SPLITS[/pdl]")
+    return block_n, splits, len(parts) == 3
+
+
+@torch.library.custom_op("sef_prototypes::router_split_k", mutates_args=())
+def router_split_k(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x @ weight.T in bf16: the split-K prototype up to ROUTER_MAX_TOKENS tokens, F.linear
+    above."""
+    if x.size(0) > ROUTER_MAX_TOKENS:
+        return torch.nn.functional.linear(x, weight)
+    from benchmarks.router_gemm import split_k_mm
+
+    block_n, splits, pdl = _router_config()
+    return split_k_mm(x, weight, block_n, splits, pdl=pdl)
+
+
+@router_split_k.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((x.size(0), weight.size(0)))
+
+
+def gate_linear_split_k(self, x):
+    """GateLinear.forward where the gate runs F.linear in bf16 (DeepSeek-V3: no
+    ``moe_router_dtype``, so no ``out_dtype``; no bias, an unquantized bf16 weight, CUDA) with
+    the GEMM by ``router_split_k`` (bf16 logits, not bit-identical to cuBLAS's: another
+    summation order); anything else runs the replaced method. For an engine A/B of the
+    router GEMM (benchmarks/router_gemm.py measures the kernels):
+    ``replace=vllm.model_executor.layers.fused_moe.router.gate_linear:GateLinear.forward=
+    benchmarks.prototypes:gate_linear_split_k`` with ``env=SEF_ROUTER_SPLIT_K=32/8[/pdl]``."""
+    if not (
+        x.is_cuda
+        and x.dtype == torch.bfloat16
+        and self.out_dtype is None
+        and self.bias is None
+        and getattr(self, "is_unquantized", False)
+        and self.weight.dtype == torch.bfloat16
+    ):
+        return gate_linear_split_k.replaced(self, x)
+    output = torch.ops.sef_prototypes.router_split_k(x, self.weight)
+    return output if not self.return_bias else (output, None)

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -610,12 +611,46 @@ def test_prototypes_take_the_arguments_of_the_methods_they_replace() -> None:
     import inspect
 
     from vllm.model_executor.layers.fused_moe.experts.triton_moe import TritonExperts
+    from vllm.model_executor.layers.fused_moe.router.gate_linear import GateLinear
 
     from benchmarks import prototypes
 
-    series = inspect.signature(TritonExperts._apply_fused_shared_experts).parameters
-    prototype = inspect.signature(prototypes.shared_expert_split_k).parameters
-    assert list(prototype) == list(series)
+    for method, prototype in (
+        (TritonExperts._apply_fused_shared_experts, prototypes.shared_expert_split_k),
+        (GateLinear.forward, prototypes.gate_linear_split_k),
+    ):
+        series = inspect.signature(method).parameters
+        assert list(inspect.signature(prototype).parameters) == list(series)
+
+
+def test_router_prototype_reads_its_setting_and_keeps_other_gates() -> None:
+    """benchmarks.prototypes.gate_linear_split_k: SEF_ROUTER_SPLIT_K parsed or refused by name,
+    and a gate it does not handle (here: on CPU) runs the method it replaced."""
+    from unittest import mock
+
+    from benchmarks import prototypes
+
+    for setting, want in (("32/8", (32, 8, False)), ("16/4/pdl", (16, 4, True))):
+        with mock.patch.dict(os.environ, {"SEF_ROUTER_SPLIT_K": setting}):
+            assert prototypes._router_config() == want
+    for bad in ("32", "a/8", "32/8/x", "32/8/pdl/1"):
+        with (
+            mock.patch.dict(os.environ, {"SEF_ROUTER_SPLIT_K": bad}),
+            pytest.raises(ValueError, match="SEF_ROUTER_SPLIT_K"),
+        ):
+            prototypes._router_config()
+    gate = types.SimpleNamespace(out_dtype=None, bias=None, is_unquantized=True)
+    gate.weight = torch.randn(8, 16).bfloat16()
+    with mock.patch.object(
+        prototypes.gate_linear_split_k, "replaced", create=True, side_effect=lambda s, x: "kept"
+    ):
+        assert prototypes.gate_linear_split_k(gate, torch.randn(2, 16).bfloat16()) == "kept"
+    # The op's fake (meta tensors): the logits' shape and dtype.
+    x = torch.empty(3, 16, device="meta", dtype=torch.bfloat16)
+    out = torch.ops.sef_prototypes.router_split_k(x, torch.empty_like(gate.weight, device="meta"))
+    assert out.shape == (3, 8)
+    assert out.dtype == torch.bfloat16
+    assert out.device.type == "meta"
 
 
 def test_dense_fp8_step_totals_weigh_each_shape_by_its_launches_per_step() -> None:
