@@ -98,20 +98,22 @@ def shared_expert_split_k(
 # The router's bf16 GEMM by benchmarks/router_gemm.py's split-K prototype, as a custom op (the
 # model's forward is traced by torch.compile; the choice depends on the token count).
 ROUTER_MAX_TOKENS = 16
+# BLOCK_N/SPLITS[/pdl] of the split-K prototype; an e2e variant sets it with
+# set=benchmarks.prototypes.ROUTER_SPLIT_K="16/8/pdl".
+ROUTER_SPLIT_K = "32/8"
 
 
 def _router_config() -> tuple[int, int, bool]:
-    """(BLOCK_N, SPLIT_K, PDL) from SEF_ROUTER_SPLIT_K=BLOCK_N/SPLITS[/pdl] (default 32/8)."""
-    import os
-
-    setting = os.environ.get("SEF_ROUTER_SPLIT_K", "32/8")
-    parts = setting.split("/")
+    """(BLOCK_N, SPLIT_K, PDL) from ROUTER_SPLIT_K."""
+    parts = ROUTER_SPLIT_K.split("/")
     try:
         block_n, splits = int(parts[0]), int(parts[1])
     except (IndexError, ValueError):
-        raise ValueError(f"SEF_ROUTER_SPLIT_K={setting!r}: need BLOCK_N/SPLITS[/pdl]") from None
-    if len(parts) > 3 or (len(parts) == 3 and parts[2] != "pdl"):
-        raise ValueError(f"SEF_ROUTER_SPLIT_K={setting!r}: need BLOCK_N/SPLITS[/pdl]")
+        block_n = splits = 0
+    if not (block_n and splits) or len(parts) > 3 or (len(parts) == 3 and parts[2] != "pdl"):
+        raise ValueError(
+            f"benchmarks.prototypes.ROUTER_SPLIT_K={ROUTER_SPLIT_K!r}: need BLOCK_N/SPLITS[/pdl]"
+        )
     return block_n, splits, len(parts) == 3
 
 
@@ -139,7 +141,8 @@ def gate_linear_split_k(self, x):
     summation order); anything else runs the replaced method. For an engine A/B of the
     router GEMM (benchmarks/router_gemm.py measures the kernels):
     ``replace=vllm.model_executor.layers.fused_moe.router.gate_linear:GateLinear.forward=
-    benchmarks.prototypes:gate_linear_split_k`` with ``env=SEF_ROUTER_SPLIT_K=32/8[/pdl]``."""
+    benchmarks.prototypes:gate_linear_split_k`` with ``set=benchmarks.prototypes.ROUTER_SPLIT_K=
+    "32/8[/pdl]"``."""
     if not (
         x.is_cuda
         and x.dtype == torch.bfloat16

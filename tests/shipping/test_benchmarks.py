@@ -624,19 +624,19 @@ def test_prototypes_take_the_arguments_of_the_methods_they_replace() -> None:
 
 
 def test_router_prototype_reads_its_setting_and_keeps_other_gates() -> None:
-    """benchmarks.prototypes.gate_linear_split_k: SEF_ROUTER_SPLIT_K parsed or refused by name,
-    and a gate it does not handle (here: on CPU) runs the method it replaced."""
+    """benchmarks.prototypes.gate_linear_split_k: ROUTER_SPLIT_K parsed or refused by name, and
+    a gate it does not handle (here: on CPU) runs the method it replaced."""
     from unittest import mock
 
     from benchmarks import prototypes
 
-    for setting, want in (("32/8", (32, 8, False)), ("16/4/pdl", (16, 4, True))):
-        with mock.patch.dict(os.environ, {"SEF_ROUTER_SPLIT_K": setting}):
-            assert prototypes._router_config() == want
-    for bad in ("32", "a/8", "32/8/x", "32/8/pdl/1"):
+    assert prototypes._router_config() == (32, 8, False)
+    with mock.patch.object(prototypes, "ROUTER_SPLIT_K", "16/4/pdl"):
+        assert prototypes._router_config() == (16, 4, True)
+    for bad in ("32", "a/8", "0/8", "32/8/x", "32/8/pdl/1"):
         with (
-            mock.patch.dict(os.environ, {"SEF_ROUTER_SPLIT_K": bad}),
-            pytest.raises(ValueError, match="SEF_ROUTER_SPLIT_K"),
+            mock.patch.object(prototypes, "ROUTER_SPLIT_K", bad),
+            pytest.raises(ValueError, match="ROUTER_SPLIT_K"),
         ):
             prototypes._router_config()
     gate = types.SimpleNamespace(out_dtype=None, bias=None, is_unquantized=True)
