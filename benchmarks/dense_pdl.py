@@ -59,6 +59,58 @@ GROUP = 128
 
 
 @triton.jit
+def prefetch_l2(ptrs):
+    """Prefetch the global-memory lines at ``ptrs`` into L2 (nothing is read into registers)."""
+    tl.inline_asm_elementwise(
+        "prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;",
+        "=r,l",
+        [ptrs],
+        dtype=tl.int32,
+        is_pure=False,
+        pack=1,
+    )
+
+
+@triton.jit
+def split_k_store(
+    acc,
+    c_ptr,
+    partial_ptr,
+    counter_ptr,
+    rows,
+    cols,
+    M,
+    N,
+    stride_cm,
+    pid_m,
+    pid_n,
+    pid_k,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+):
+    """Patch 0016's epilogue: with one split, C's tile from ``acc``; else ``acc`` as this
+    split's float32 partial, and the tile's last program to arrive sums the partials in split
+    order into C and resets the tile's counter."""
+    mask = (rows[:, None] < M) & (cols[None, :] < N)
+    c_ptrs = c_ptr + rows[:, None] * stride_cm + cols[None, :]
+    if SPLIT_K == 1:
+        tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask)
+    else:
+        part = partial_ptr + rows[:, None] * N + cols[None, :]
+        tl.store(part + pid_k * M * N, acc, mask=mask)
+        tl.debug_barrier()
+        tile = pid_m * tl.num_programs(0) + pid_n
+        arrived = tl.atomic_add(counter_ptr + tile, 1, sem="acq_rel")
+        if arrived == SPLIT_K - 1:
+            total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            for split in tl.static_range(SPLIT_K):
+                total += tl.load(part + split * M * N, mask=mask, other=0.0, cache_modifier=".cg")
+            tl.store(c_ptrs, total.to(c_ptr.dtype.element_ty), mask=mask)
+            tl.atomic_xchg(counter_ptr + tile, 0)
+
+
+@triton.jit
 def _norm_quant_kernel(
     x_ptr,
     w_ptr,
@@ -153,14 +205,7 @@ def _split_k_kernel(
             last = tl.maximum(tl.minimum(k_end, num_k) - 1, 0)
             blocks = tl.minimum(k_begin + tl.arange(0, PREFETCH), last)
             ptrs = b_ptr + (offs_n[:, None] * stride_bn + blocks[None, :].to(tl.int64) * BLOCK_K)
-            tl.inline_asm_elementwise(
-                "prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;",
-                "=r,l",
-                [ptrs],
-                dtype=tl.int32,
-                is_pure=False,
-                pack=1,
-            )
+            prefetch_l2(ptrs)
         tl.extra.cuda.gdc_wait()
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for kb in range(k_begin, k_end):
@@ -184,22 +229,10 @@ def _split_k_kernel(
             a_s = tl.load(as_ptr + offs_m * stride_asm + kb * stride_ask)
         b_s = tl.load(bs_ptr + (offs_n // BLOCK_K) * stride_bsn + kb * stride_bsk)
         acc += tl.dot(a, b) * a_s[:, None] * b_s[None, :]
-    mask = (rows[:, None] < M) & (cols[None, :] < N)
-    c_ptrs = c_ptr + rows[:, None] * stride_cm + cols[None, :]
-    if SPLIT_K == 1:
-        tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask)
-    else:
-        part = partial_ptr + rows[:, None] * N + cols[None, :]
-        tl.store(part + pid_k * M * N, acc, mask=mask)
-        tl.debug_barrier()
-        tile = pid_m * tl.num_programs(0) + pid_n
-        arrived = tl.atomic_add(counter_ptr + tile, 1, sem="acq_rel")
-        if arrived == SPLIT_K - 1:
-            total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            for split in tl.static_range(SPLIT_K):
-                total += tl.load(part + split * M * N, mask=mask, other=0.0, cache_modifier=".cg")
-            tl.store(c_ptrs, total.to(c_ptr.dtype.element_ty), mask=mask)
-            tl.atomic_xchg(counter_ptr + tile, 0)
+    split_k_store(
+        acc, c_ptr, partial_ptr, counter_ptr, rows, cols, M, N, stride_cm, pid_m, pid_n, pid_k,
+        BLOCK_M, BLOCK_N, SPLIT_K,
+    )  # fmt: skip
 
 
 def norm_quant(out, x, weight, scales, eps, residual, group, trigger=False) -> None:

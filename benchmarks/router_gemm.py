@@ -39,6 +39,7 @@ import triton
 import triton.language as tl
 
 from benchmarks.dense_fp8 import copies_for
+from benchmarks.dense_pdl import prefetch_l2, split_k_store
 
 # name: (experts N, hidden K, top-k, router launches per decode step)
 SHAPES = {
@@ -72,7 +73,8 @@ def _split_k_kernel(
     PREFETCH: tl.constexpr = 0,
 ):
     """C[M, N] = A @ B.T for bf16 A [M, K] and B [N, K] (K-contiguous rows), float32 sums in
-    split order, rounded once to C's dtype."""
+    split order, rounded once to C's dtype (patch 0016's loop and epilogue without scales; the
+    prefetch and epilogue are benchmarks/dense_pdl.py's)."""
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -91,14 +93,7 @@ def _split_k_kernel(
             last = tl.maximum(tl.minimum(k_end * BLOCK_K, K) - 1, 0)
             first = tl.minimum(k_begin * BLOCK_K + tl.arange(0, PREFETCH) * 64, last)
             ptrs = b_ptr + (offs_n[:, None] * stride_bn + first[None, :].to(tl.int64))
-            tl.inline_asm_elementwise(
-                "prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;",
-                "=r,l",
-                [ptrs],
-                dtype=tl.int32,
-                is_pure=False,
-                pack=1,
-            )
+            prefetch_l2(ptrs)
         tl.extra.cuda.gdc_wait()
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for kb in range(k_begin, k_end):
@@ -110,22 +105,10 @@ def _split_k_kernel(
             b_ptr + offs_n[None, :] * stride_bn + k[:, None], mask=k[:, None] < K, other=0.0
         )
         acc += tl.dot(a, b)
-    mask = (rows[:, None] < M) & (cols[None, :] < N)
-    c_ptrs = c_ptr + rows[:, None] * stride_cm + cols[None, :]
-    if SPLIT_K == 1:
-        tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask)
-    else:
-        part = partial_ptr + rows[:, None] * N + cols[None, :]
-        tl.store(part + pid_k * M * N, acc, mask=mask)
-        tl.debug_barrier()
-        tile = pid_m * tl.num_programs(0) + pid_n
-        arrived = tl.atomic_add(counter_ptr + tile, 1, sem="acq_rel")
-        if arrived == SPLIT_K - 1:
-            total = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            for split in tl.static_range(SPLIT_K):
-                total += tl.load(part + split * M * N, mask=mask, other=0.0, cache_modifier=".cg")
-            tl.store(c_ptrs, total.to(c_ptr.dtype.element_ty), mask=mask)
-            tl.atomic_xchg(counter_ptr + tile, 0)
+    split_k_store(
+        acc, c_ptr, partial_ptr, counter_ptr, rows, cols, M, N, stride_cm, pid_m, pid_n, pid_k,
+        BLOCK_M, BLOCK_N, SPLIT_K,
+    )  # fmt: skip
 
 
 _counters: dict[torch.device, torch.Tensor] = {}
