@@ -43,6 +43,7 @@ DAY17 = "2026-12-06"  # twenty-first session: sef13 on an H100, stock / fused / 
 DAY18 = "2026-12-06"  # twenty-second session: H100 MoE configs and the Triton norm + quant (sef14)
 DAY19 = "2026-12-06"  # twenty-third session: sef14 as built on an H100
 DAY20 = "2026-12-06"  # twenty-fourth session: sef15's 512-token threshold in the engine, PDL pairs
+DAY21 = "2026-12-06"  # twenty-fifth session: patch 0019 and the router prototype in the engine
 
 
 def layer_rows() -> list[dict]:
@@ -325,6 +326,42 @@ def e2e_rows() -> list[dict]:
             THRESHOLD_SEF15_NOTE,
             THRESHOLD_SEF15_SIDES,
         )
+        + realistic_rows(
+            PDL_SEF16_H100,
+            "e2e_split_k_pdl_sef16_h100_l30",
+            set(),
+            date=DAY21,
+            prefix_caching=False,
+            gpu=H100,
+            extra=PDL_SEF16_NOTE,
+            sides_of=PDL_SEF16_SIDES,
+        )
+        + engine_step_rows(
+            PDL_SEF16_H100,
+            "e2e_step_split_k_pdl_sef16_h100_l30",
+            DAY21,
+            H100,
+            PDL_SEF16_NOTE,
+            PDL_SEF16_SIDES,
+        )
+        + realistic_rows(
+            PDL_SEF16_H100,
+            "e2e_router_split_k_sef16_h100_l30",
+            set(),
+            date=DAY21,
+            prefix_caching=False,
+            gpu=H100,
+            extra=ROUTER_SEF16_NOTE,
+            sides_of=ROUTER_SEF16_SIDES,
+        )
+        + engine_step_rows(
+            PDL_SEF16_H100,
+            "e2e_step_router_split_k_sef16_h100_l30",
+            DAY21,
+            H100,
+            ROUTER_SEF16_NOTE,
+            ROUTER_SEF16_SIDES,
+        )
     )
 
 
@@ -472,6 +509,32 @@ THRESHOLD_SEF15_NOTE = {
     "note": "61-layer model cut to 30 layers to fit the H100's 80 GB; distinct_experts is the "
     "61-layer model's probe (the same seeded routers); both sides are the series fused: the "
     "'stock' column is patch 0018 up to 64 tokens, not stock vLLM",
+}
+
+# Patch 0019 (sef16: PDL of the split-K GEMM up to 16 tokens) in the engine (twenty-fifth session),
+# the same cut, fused on sef16's defaults against fused with PDL_MAX_TOKENS=0 (set=): ITL/TTFT at
+# 1 / 4 / 16 with the profile, three repetitions; processes fused, fused_nopdl, fused_router |
+# fused_nopdl, fused | fused_router (ITL only). fused_router: the router's GEMM by the split-K
+# Triton prototype (benchmarks/prototypes.py:gate_linear_split_k, ROUTER_SPLIT_K="16/8/pdl").
+PDL_SEF16_H100 = ["e2e_pdl_router_sef16_h100_l30"]
+PDL_SEF16_SIDES = {"fused_nopdl": "stock", "fused": "fused"}
+PDL_SEF16_NOTE = {
+    "layers": 30,
+    "series": "sef16, shared experts fused",
+    "compares": "split_k.PDL_MAX_TOKENS=0 (no PDL) / sef16's 16 (patch 0019)",
+    "note": "61-layer model cut to 30 layers to fit the H100's 80 GB; distinct_experts is the "
+    "61-layer model's probe (the same seeded routers); both sides are the series fused: the "
+    "'stock' column is patch 0019 turned off, not stock vLLM",
+}
+ROUTER_SEF16_SIDES = {"fused": "stock", "fused_router": "fused"}
+ROUTER_SEF16_NOTE = {
+    "layers": 30,
+    "series": "sef16, shared experts fused",
+    "compares": "GateLinear's F.linear (cuBLAS) / the split-K Triton prototype with PDL "
+    "(16/8/pdl), not shipped",
+    "note": "61-layer model cut to 30 layers to fit the H100's 80 GB; both sides are the series "
+    "fused: the 'stock' column is the series as shipped, not stock vLLM; the prototype's two "
+    "processes ran last in their calls (the first with the profile, the second ITL only)",
 }
 
 
@@ -1161,6 +1224,45 @@ def dense_pdl_rows(file: str, date: str) -> list[dict]:
     return rows
 
 
+def router_gemm_rows(file: str, date: str) -> list[dict]:
+    """The router's bf16 GEMM (``benchmarks/router_gemm.py``, H100), us per producer -> GEMM
+    pair in CUDA graphs: cuBLAS's F.linear (``stock``, what GateLinear runs) against the split-K
+    Triton prototype with PDL, the engine A/B's tile (16/8) and the fastest of the kernel rows
+    per shape and size (not shipped)."""
+    data = json.loads((RAW / f"{file}.json").read_text())
+    by_case: dict[tuple[str, int], dict[str, dict]] = {}
+    for r in data["rows"]:
+        by_case.setdefault((r["shape"], r["tokens"]), {})[r["variant"]] = r
+    rows = []
+    for (shape, tokens), variants in by_case.items():
+        linear = variants["linear"]
+        split_k = {v: r for v, r in variants.items() if v.startswith("split_k_")}
+        fastest = min(split_k, key=lambda v: split_k[v]["us"])
+        for variant in dict.fromkeys(["split_k_16_8_pdl", fastest]):
+            r = split_k[variant]
+            kind = "engine" if variant == "split_k_16_8_pdl" else "fastest"
+            rows.append(
+                {
+                    "scenario": f"router_gemm_{shape}_{kind}",
+                    "dtype": "bf16",
+                    "tp_equiv": 8,
+                    "batch": tokens,
+                    "metric": "kernel_us",
+                    "stock": round(linear["us"], 2),
+                    "fused": round(r["us"], 2),
+                    "ratio": round(r["us"] / linear["us"], 3),
+                    "compares": f"router GEMM N {r['n']}, K {r['k']} after its producer: "
+                    f"F.linear (cuBLAS) / prototype {variant}",
+                    "logits_differing": r["logits_differing"],
+                    "topk_differing": r["topk_differing"],
+                    "gpu": data["gpu"],
+                    "vllm": VLLM,
+                    "date": date,
+                }
+            )
+    return rows
+
+
 def summary_rows() -> list[dict]:
     """Every row of summary.json, in its order."""
     return (
@@ -1184,6 +1286,7 @@ def summary_rows() -> list[dict]:
         )
         + dense_pdl_rows("dense_pdl_sef15_h100_p2", DAY20)
         + dense_pdl_rows("dense_pdl_sef15_h100_p4", DAY20)
+        + router_gemm_rows("router_gemm_sef16_h100", DAY21)
         + e2e_rows()
     )
 
