@@ -496,20 +496,31 @@ SEF14_H100_NOTE = {
     "off | fused over four device calls (the last fused: ITL/TTFT only, with the profile)",
 }
 
+
+def fused_ab_note(series: str, compares: str, stock_column: str, more: str = "") -> dict:
+    """The note of an engine A/B on the 30-layer H100 cut where both sides run the series fused
+    and the "stock" column is ``stock_column``, not stock vLLM."""
+    return {
+        "layers": 30,
+        "series": f"{series}, shared experts fused",
+        "compares": compares,
+        "note": "61-layer model cut to 30 layers to fit the H100's 80 GB; distinct_experts is the "
+        "61-layer model's probe (the same seeded routers); both sides are the series fused: the "
+        f"'stock' column is {stock_column}, not stock vLLM{more}",
+    }
+
+
 # sef15's default threshold of patch 0018 (512 tokens) against sef14's (64) in the engine
 # (twenty-fourth session), the same cut: ITL/TTFT at 64 and 256 with the profile, three
 # repetitions; processes fused64, fused | fused, fused64 (with both throughput workloads) |
 # fused64, fused (throughput only), one device call each pair.
 THRESHOLD_SEF15_H100 = ["e2e_threshold_sef15_h100_l30"]
 THRESHOLD_SEF15_SIDES = {"fused64": "stock", "fused": "fused"}
-THRESHOLD_SEF15_NOTE = {
-    "layers": 30,
-    "series": "sef15, shared experts fused",
-    "compares": "VLLM_RMS_NORM_QUANT_TRITON_MAX_TOKENS=64 (sef14's default) / unset (sef15's 512)",
-    "note": "61-layer model cut to 30 layers to fit the H100's 80 GB; distinct_experts is the "
-    "61-layer model's probe (the same seeded routers); both sides are the series fused: the "
-    "'stock' column is patch 0018 up to 64 tokens, not stock vLLM",
-}
+THRESHOLD_SEF15_NOTE = fused_ab_note(
+    "sef15",
+    "VLLM_RMS_NORM_QUANT_TRITON_MAX_TOKENS=64 (sef14's default) / unset (sef15's 512)",
+    "patch 0018 up to 64 tokens",
+)
 
 # Patch 0019 (sef16: PDL of the split-K GEMM up to 16 tokens) in the engine (twenty-fifth session),
 # the same cut, fused on sef16's defaults against fused with PDL_MAX_TOKENS=0 (set=): ITL/TTFT at
@@ -518,24 +529,20 @@ THRESHOLD_SEF15_NOTE = {
 # Triton prototype (benchmarks/prototypes.py:gate_linear_split_k, ROUTER_SPLIT_K="16/8/pdl").
 PDL_SEF16_H100 = ["e2e_pdl_router_sef16_h100_l30"]
 PDL_SEF16_SIDES = {"fused_nopdl": "stock", "fused": "fused"}
-PDL_SEF16_NOTE = {
-    "layers": 30,
-    "series": "sef16, shared experts fused",
-    "compares": "split_k.PDL_MAX_TOKENS=0 (no PDL) / sef16's 16 (patch 0019)",
-    "note": "61-layer model cut to 30 layers to fit the H100's 80 GB; distinct_experts is the "
-    "61-layer model's probe (the same seeded routers); both sides are the series fused: the "
-    "'stock' column is patch 0019 turned off, not stock vLLM",
-}
+PDL_SEF16_NOTE = fused_ab_note(
+    "sef16",
+    "split_k.PDL_MAX_TOKENS=0 (no PDL) / sef16's 16 (patch 0019)",
+    "patch 0019 turned off",
+)
 ROUTER_SEF16_SIDES = {"fused": "stock", "fused_router": "fused"}
-ROUTER_SEF16_NOTE = {
-    "layers": 30,
-    "series": "sef16, shared experts fused",
-    "compares": "GateLinear's F.linear (cuBLAS) / the split-K Triton prototype with PDL "
-    "(16/8/pdl), not shipped",
-    "note": "61-layer model cut to 30 layers to fit the H100's 80 GB; both sides are the series "
-    "fused: the 'stock' column is the series as shipped, not stock vLLM; the prototype's two "
-    "processes ran last in their calls (the first with the profile, the second ITL only)",
-}
+ROUTER_SEF16_NOTE = fused_ab_note(
+    "sef16",
+    "GateLinear's F.linear (cuBLAS) / the split-K Triton prototype with PDL (16/8/pdl), "
+    "not shipped",
+    "the series as shipped",
+    "; the prototype's two processes ran last in their calls (the first with the profile, the "
+    "second ITL only)",
+)
 
 
 def probe_distinct() -> dict[int, float]:
