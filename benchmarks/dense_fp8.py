@@ -19,7 +19,8 @@ programs per output tile (as patch 0006 does for the MoE gate-up GEMM: at decode
 grid of 17-112 programs cannot keep 132 SMs reading), the float32 partials summed in a fixed
 order by the tile's last program to finish (a per-tile counter it resets), so one launch and a
 deterministic result. Swept over a few tiles per shape and M (--sweep); the patch picks its own
-with ``split_k_config``.
+with ``split_k_config``. ``split_k_launch``: the sweep's fastest tile launched with other warp and
+pipeline-stage counts (--launch-sweep; the patch launches four warps, four stages).
 
     python -m benchmarks.dense_fp8 --out dense_fp8.json [--tokens 1 4 16] [--write-configs DIR]
     benchmarks/gpu_host.sh dense-fp8 --write-configs /root/dense-configs
@@ -45,13 +46,15 @@ SHAPES = {
     "shared_gate_up": (512, 7168, 58),
     "shared_down": (7168, 256, 58),
 }
-KERNELS = ("cutlass", "triton", "triton_tuned", "split_k")
+KERNELS = ("cutlass", "triton", "triton_tuned", "split_k", "split_k_launch")
 TOKENS = [1, 4, 16, 64]
 L2_BYTES = 50 << 20  # H200: 50 MB
 
 
 # The split-K kernel's tiles (BLOCK_M 16; four warps, four stages, as patch 0016 launches it).
-SWEEP = [{"BLOCK_N": bn, "SPLIT_K": sk} for bn in (16, 32, 64, 128) for sk in (1, 2, 4, 8)]
+SWEEP = [{"BLOCK_N": bn, "SPLIT_K": sk} for bn in (16, 32, 64, 128) for sk in (1, 2, 4, 8, 16)]
+# Warps and pipeline stages tried on the fastest tile ("split_k_launch").
+LAUNCH_SWEEP = [{"num_warps": w, "num_stages": st} for w in (2, 4, 8) for st in (3, 4, 5, 6)]
 # vLLM's Triton kernel's tiles ("triton_tuned"; "triton" is its shipped config file's choice):
 # narrower N tiles than its H200 files hold (32 at one token for N=2112: 66 programs).
 TRITON_SWEEP = [
@@ -75,23 +78,31 @@ def split_k_gemm(a, b, a_scale, b_scale, config: dict, out_dtype=None):
     """Patch 0016's ``block_fp8_split_k_mm`` (the installed vLLM's, compiled from its source by
     sefkit.triton_kernels, so the interpreter can run it on a CPU) with ``config``'s tile:
     C = (A * a_scale) @ (B * b_scale).T, K split over config["SPLIT_K"] programs per tile of 16
-    rows x config["BLOCK_N"] columns."""
+    rows x config["BLOCK_N"] columns, launched with config's num_warps / num_stages where it has
+    them (else as the patch launches it)."""
     import torch
+
+    from sefkit.triton_kernels import WithLaunch, dense_split_k
 
     global _SPLIT_K
     if _SPLIT_K is None:
-        from sefkit.triton_kernels import dense_split_k
-
         _SPLIT_K = dense_split_k()
-    return _SPLIT_K["block_fp8_split_k_mm"](
-        a,
-        b,
-        a_scale,
-        b_scale,
-        out_dtype or torch.bfloat16,
-        split_k=config["SPLIT_K"],
-        block_n=config["BLOCK_N"],
-    )
+    kernel = _SPLIT_K["_block_fp8_split_k_kernel"]
+    launch = {key: config[key] for key in ("num_warps", "num_stages") if key in config}
+    if launch:
+        _SPLIT_K["_block_fp8_split_k_kernel"] = WithLaunch(kernel, **launch)
+    try:
+        return _SPLIT_K["block_fp8_split_k_mm"](
+            a,
+            b,
+            a_scale,
+            b_scale,
+            out_dtype or torch.bfloat16,
+            split_k=config["SPLIT_K"],
+            block_n=config["BLOCK_N"],
+        )
+    finally:
+        _SPLIT_K["_block_fp8_split_k_kernel"] = kernel
 
 
 def copies_for(n: int, k: int, minimum: int = 4) -> int:
@@ -205,6 +216,20 @@ def measure_shape(args, name: str, bw: float) -> list[dict]:
         runs["split_k"] = lambda b, bs, c=best, a=a_col, s=s_col: split_k_gemm(a, b, s, bs, c)
         times["split_k"] = best_us
         extra["split_k"] = {"config": best, "sweep": [[us, c] for us, c in sweep]}
+        # The fastest tile with other warp and stage counts.
+        launches = [
+            (timed(lambda b, bs, c=config, a=a_col, s=s_col: split_k_gemm(a, b, s, bs, c)), config)
+            for config in ({**best, **launch} for launch in args.launch_sweep)
+        ]
+        best_launch_us, best_launch = min(launches, key=lambda entry: entry[0])
+        runs["split_k_launch"] = lambda b, bs, c=best_launch, a=a_col, s=s_col: split_k_gemm(
+            a, b, s, bs, c
+        )
+        times["split_k_launch"] = best_launch_us
+        extra["split_k_launch"] = {
+            "config": best_launch,
+            "sweep": [[us, c] for us, c in launches],
+        }
         ref = runs["cutlass"](*pairs[0]).float()
         for kernel in KERNELS:
             out = runs[kernel](*pairs[0]).float()
@@ -237,6 +262,12 @@ def main() -> None:
         type=json.loads,
         default=SWEEP,
         help="split_k: JSON list of tiles ({BLOCK_N, SPLIT_K})",
+    )
+    parser.add_argument(
+        "--launch-sweep",
+        type=json.loads,
+        default=LAUNCH_SWEEP,
+        help="split_k_launch: JSON list of {num_warps, num_stages} for the fastest tile",
     )
     parser.add_argument(
         "--triton-sweep",

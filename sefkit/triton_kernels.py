@@ -37,17 +37,18 @@ def source_path(module: str = MODULE) -> Path:
     return Path(spec.submodule_search_locations[0]) / module
 
 
-class _WithWarps:
-    """A Triton kernel whose launches use ``num_warps`` warps, whatever the launcher asks for."""
+class WithLaunch:
+    """A Triton kernel whose launches use ``options`` (num_warps, num_stages), whatever the
+    launcher asks for."""
 
-    def __init__(self, kernel, num_warps: int) -> None:
-        self.kernel, self.num_warps = kernel, num_warps
+    def __init__(self, kernel, **options) -> None:
+        self.kernel, self.options = kernel, options
 
     def __getitem__(self, grid):
         launch = self.kernel[grid]
 
         def run(*args, **kwargs):
-            return launch(*args, **dict(kwargs, num_warps=self.num_warps))
+            return launch(*args, **dict(kwargs, **self.options))
 
         return run
 
@@ -112,7 +113,7 @@ def fused_routing(num_warps: int | None = None) -> Callable:
     that fastest)."""
     namespace = load(MODULE, (KERNEL, LAUNCHER, "_PDL_MAX_TOKENS"))
     if num_warps is not None:
-        namespace[KERNEL] = _WithWarps(namespace[KERNEL], num_warps)
+        namespace[KERNEL] = WithLaunch(namespace[KERNEL], num_warps=num_warps)
     return namespace[LAUNCHER]
 
 

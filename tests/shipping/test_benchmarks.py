@@ -710,6 +710,34 @@ for m, n, k in [(1, 200, 640), (3, 256, 384), (20, 96, 1024)]:
 assert all(int(c.abs().sum()) == 0 for c in dense_fp8._SPLIT_K["_counters"].values())
 checked += 1
 
+# A config's warps and stages reach the kernel's launch (else the patch's four and four); the
+# namespace's kernel is put back after each call.
+kernel = dense_fp8._SPLIT_K["_block_fp8_split_k_kernel"]
+seen = []
+
+
+class Spy:
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            seen.append((kwargs["num_warps"], kwargs["num_stages"]))
+            return kernel[grid](*args, **kwargs)
+
+        return launch
+
+
+spy = Spy()
+dense_fp8._SPLIT_K["_block_fp8_split_k_kernel"] = spy
+try:
+    tiles = dict(BLOCK_N=64, SPLIT_K=2, num_warps=2, num_stages=5), dict(BLOCK_N=64, SPLIT_K=2)
+    for config in tiles:
+        got = dense_fp8.split_k_gemm(a, b, a_s, b_s, config, out_dtype=torch.float32)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
+        assert dense_fp8._SPLIT_K["_block_fp8_split_k_kernel"] is spy
+finally:
+    dense_fp8._SPLIT_K["_block_fp8_split_k_kernel"] = kernel
+assert seen == [(2, 5), (4, 4)], seen
+checked += 1
+
 # measure_shape's rows, with stand-ins for the CUDA-only pieces: the kernels compute the
 # dequantized product, a graph is the function, its replay 1 us.
 ops = types.SimpleNamespace(
@@ -738,8 +766,14 @@ timing = types.SimpleNamespace(
 )
 sweep = [dict(BLOCK_N=64, SPLIT_K=sk, num_warps=4, num_stages=3) for sk in (1, 2, 4)]
 triton_sweep = [dict(BLOCK_SIZE_N=bn) for bn in (16, 32)]
+launch_sweep = [dict(num_warps=2, num_stages=3), dict(num_warps=8, num_stages=5)]
 args = types.SimpleNamespace(
-    tokens=[1, 5], sweep=sweep, triton_sweep=triton_sweep, iters=1, device="cpu"
+    tokens=[1, 5],
+    sweep=sweep,
+    launch_sweep=launch_sweep,
+    triton_sweep=triton_sweep,
+    iters=1,
+    device="cpu",
 )
 with (
     mock.patch.dict(dense_fp8.SHAPES, {"tiny": (200, 256, 1)}),
@@ -760,8 +794,9 @@ with (
     quant_utils.fp8_utils = fp8_utils
     rows = dense_fp8.measure_shape(args, "tiny", 4e12)
 assert [(r["m"], r["kernel"]) for r in rows] == [
-    (m, kernel) for m in (1, 5) for kernel in ("cutlass", "triton", "triton_tuned", "split_k")
+    (m, kernel) for m in (1, 5) for kernel in dense_fp8.KERNELS
 ]
+assert dense_fp8.KERNELS[-2:] == ("split_k", "split_k_launch")
 # vLLM's config file per shape: the tuned tiles at the measured sizes, the shipped ones kept.
 files = dense_fp8.config_files(rows, lambda n, k: {1: "shipped-1", 64: "shipped-64"})
 device = rows[0]["device_name"]
@@ -779,6 +814,11 @@ for r in rows:
         # K = 256: two K blocks, so SPLIT_K = 4 is not swept
         assert [c["SPLIT_K"] for _, c in r["sweep"]] == [1, 2]
         assert r["config"] in sweep
+    if r["kernel"] == "split_k_launch":
+        # the fastest tile (all tie here: the first) with each warp and stage count
+        tile = {k: v for k, v in sweep[0].items() if k not in ("num_warps", "num_stages")}
+        assert [c for _, c in r["sweep"]] == [{**sweep[0], **launch} for launch in launch_sweep]
+        assert {k: r["config"][k] for k in tile} == tile
     if r["kernel"] == "triton_tuned":
         assert [c for _, c in r["sweep"]] == triton_sweep
     checked += 1
@@ -806,7 +846,7 @@ def test_dense_split_k_prototype_in_triton_interpreter() -> None:
     reference, and the benchmark's rows (CUDA-only kernels and timing stood in for), in Triton's
     interpreter."""
     proc = _in_triton_interpreter(DENSE_SPLIT_K_SCRIPT)
-    assert "checked 34" in proc.stdout, proc.stdout
+    assert "checked 37" in proc.stdout, proc.stdout
 
 
 def test_moe_configs_as_copies_another_gpus_files_under_this_name(tmp_path) -> None:
