@@ -72,6 +72,34 @@ def prefetch_l2(ptrs):
 
 
 @triton.jit
+def split_k_program(
+    M,
+    N,
+    K,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+):
+    """Patch 0016's program: its tile and split (program ids n, m, k), the K blocks, the split's
+    range of them [k_begin, k_end), the tile's rows and columns and their offsets wrapped into
+    A and B, the offsets within a K block."""
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    num_k = tl.cdiv(K, BLOCK_K)
+    per_split = tl.cdiv(num_k, SPLIT_K)
+    k_begin = pid_k * per_split
+    k_end = tl.minimum(k_begin + per_split, num_k)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    return (
+        pid_n, pid_m, pid_k, num_k, k_begin, k_end, rows, cols, rows % M, cols % N,
+        tl.arange(0, BLOCK_K),
+    )  # fmt: skip
+
+
+@triton.jit
 def split_k_store(
     acc,
     c_ptr,
@@ -188,18 +216,9 @@ def _split_k_kernel(
     row and block of FP8). With QUANT_A, A is the unquantized activation (16-bit): each
     program quantizes its rows' K blocks as vLLM's per-token-group quantization does (absmax
     at least a_eps, scale absmax / fp8_max, values divided and clamped), As is not read."""
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    pid_k = tl.program_id(2)
-    num_k = tl.cdiv(K, BLOCK_K)
-    per_split = tl.cdiv(num_k, SPLIT_K)
-    k_begin = pid_k * per_split
-    k_end = tl.minimum(k_begin + per_split, num_k)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_m = rows % M
-    offs_n = cols % N
-    offs_k = tl.arange(0, BLOCK_K)
+    pid_n, pid_m, pid_k, num_k, k_begin, k_end, rows, cols, offs_m, offs_n, offs_k = (
+        split_k_program(M, N, K, BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K)
+    )
     if launch_pdl:
         if PREFETCH > 0:
             last = tl.maximum(tl.minimum(k_end, num_k) - 1, 0)

@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 
 from benchmarks.dense_fp8 import copies_for
-from benchmarks.dense_pdl import prefetch_l2, split_k_store
+from benchmarks.dense_pdl import _installed, prefetch_l2, split_k_program, split_k_store
 
 # name: (experts N, hidden K, top-k, router launches per decode step)
 SHAPES = {
@@ -75,18 +75,9 @@ def _split_k_kernel(
     """C[M, N] = A @ B.T for bf16 A [M, K] and B [N, K] (K-contiguous rows), float32 sums in
     split order, rounded once to C's dtype (patch 0016's loop and epilogue without scales; the
     prefetch and epilogue are benchmarks/dense_pdl.py's)."""
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    pid_k = tl.program_id(2)
-    num_k = tl.cdiv(K, BLOCK_K)
-    per_split = tl.cdiv(num_k, SPLIT_K)
-    k_begin = pid_k * per_split
-    k_end = tl.minimum(k_begin + per_split, num_k)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_m = rows % M
-    offs_n = cols % N
-    offs_k = tl.arange(0, BLOCK_K)
+    pid_n, pid_m, pid_k, _, k_begin, k_end, rows, cols, offs_m, offs_n, offs_k = split_k_program(
+        M, N, K, BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K
+    )
     if launch_pdl:
         if PREFETCH > 0:
             # One 128-byte line of bf16 is 64 values: the first PREFETCH lines of each row's range.
@@ -111,9 +102,6 @@ def _split_k_kernel(
     )  # fmt: skip
 
 
-_counters: dict[torch.device, torch.Tensor] = {}
-
-
 def split_k_mm(a, b, block_n: int, split_k: int, pdl: bool = False) -> torch.Tensor:
     """a @ b.T in a's dtype (bf16; float32 sums) with the prototype kernel; ``pdl``: launched as a
     programmatic dependent of the previous kernel, prefetching each weight row's first two K
@@ -127,11 +115,7 @@ def split_k_mm(a, b, block_n: int, split_k: int, pdl: bool = False) -> torch.Ten
     partial = counters = out
     if split_k > 1:
         partial = torch.empty((split_k, m, n), device=a.device, dtype=torch.float32)
-        counters = _counters.get(a.device)
-        if counters is None:
-            counters = _counters[a.device] = torch.zeros(4096, device=a.device, dtype=torch.int32)
-        if grid[0] * grid[1] > counters.numel():
-            raise ValueError(f"{grid[0] * grid[1]} tiles: more than {counters.numel()} counters")
+        counters = _installed()["_tile_counters"](a.device, grid[0] * grid[1])
     _split_k_kernel[grid](
         a,
         b,
