@@ -262,11 +262,15 @@ def measure(args) -> None:
     """One process of one variant (--worker)."""
     began = time.time()
     llm, moe_layers = make_llm(args)
+    scheduler = llm.llm_engine.vllm_config.scheduler_config
     base = {
         "variant": args.variant,
         "round": args.round,
         "routing": "realistic",
         "startup_s": round(time.time() - began, 1),
+        # The most tokens a step schedules (vLLM's default by device unless set): the size of
+        # the prefill chunks, for settings that apply up to a token count.
+        "max_num_batched_tokens": scheduler.max_num_batched_tokens,
     }
     for option, key, wanted, reader in (
         ("set=", "constants", wanted_constants(), engine_constants),

@@ -44,6 +44,7 @@ DAY18 = "2026-12-06"  # twenty-second session: H100 MoE configs and the Triton n
 DAY19 = "2026-12-06"  # twenty-third session: sef14 as built on an H100
 DAY20 = "2026-12-06"  # twenty-fourth session: sef15's 512-token threshold in the engine, PDL pairs
 DAY21 = "2026-12-06"  # twenty-fifth session: patch 0019 and the router prototype in the engine
+DAY22 = "2026-12-06"  # twenty-sixth session: sef17 against stock, 0018 to 4,096 tokens, launches
 
 
 def layer_rows() -> list[dict]:
@@ -362,6 +363,27 @@ def e2e_rows() -> list[dict]:
             ROUTER_SEF16_NOTE,
             ROUTER_SEF16_SIDES,
         )
+        + realistic_rows(
+            SEF17_H100,
+            "e2e_dsv3_tp8_rank_fp8_realistic_sef17_h100_l30",
+            set(),
+            date=DAY22,
+            prefix_caching=False,
+            gpu=H100,
+            extra=SEF17_H100_NOTE,
+        )
+        + engine_step_rows(SEF17_H100, "e2e_step_sef17_h100_l30", DAY22, H100, SEF17_H100_NOTE)
+        + realistic_rows(
+            NORM_QUANT_4K_SEF17,
+            "e2e_norm_quant_4k_sef17_h100_l30",
+            set(),
+            throughput="throughput_norm_quant_4k_sef17_h100_l30",
+            date=DAY22,
+            prefix_caching=False,
+            gpu=H100,
+            extra=NORM_QUANT_4K_SEF17_NOTE,
+            sides_of=NORM_QUANT_4K_SEF17_SIDES,
+        )
     )
 
 
@@ -542,6 +564,29 @@ ROUTER_SEF16_NOTE = fused_ab_note(
     "the series as shipped",
     "; the prototype's two processes ran last in their calls (the first with the profile, the "
     "second ITL only)",
+)
+
+# sef17 as built on an H100 (twenty-sixth session), the same cut: ITL/TTFT at 1 / 4 / 16, three
+# repetitions; processes fused, stock (both with the profile) | stock, fused (ITL/TTFT only).
+SEF17_H100 = ["e2e_sef17_vs_stock_h100_l30"]
+SEF17_H100_NOTE = {
+    "layers": 30,
+    "series": "sef17 as built (patches' defaults, no environment); stock: vLLM 0.32.0 as released",
+    "note": "61-layer model cut to 30 layers to fit the H100's 80 GB; distinct_experts is the "
+    "61-layer model's probe (the same seeded routers); processes fused, stock | stock, fused over "
+    "two device calls (the profile in the first only)",
+}
+# Patch 0018 to 4,096 tokens against sef17's 512, the same session and cut: ITL/TTFT at 256 and
+# both throughput workloads; processes fused4k, fused | fused, fused4k (throughput only). Its
+# prefill steps were 16,384 tokens, above both thresholds (docs/benchmarks.md, "sef17 as built").
+NORM_QUANT_4K_SEF17 = ["e2e_fused4k_sef17_h100_l30"]
+NORM_QUANT_4K_SEF17_SIDES = {"fused": "stock", "fused4k": "fused"}
+NORM_QUANT_4K_SEF17_NOTE = fused_ab_note(
+    "sef17",
+    "VLLM_RMS_NORM_QUANT_TRITON_MAX_TOKENS unset (512) / 4096",
+    "patch 0018 up to 512 tokens (sef17's default)",
+    "; inconclusive by design: the engine's steps held up to 16,384 tokens (vLLM's offline "
+    "default on this GPU), so the prefill steps ran vLLM's op in both variants",
 )
 
 
@@ -1270,6 +1315,39 @@ def router_gemm_rows(file: str, date: str) -> list[dict]:
     return rows
 
 
+def split_k_launch_rows(file: str, date: str) -> list[dict]:
+    """Patch 0016's split-K GEMM on the sweep's fastest tile (``benchmarks/dense_fp8.py``
+    ``split_k_launch``, H100): launched as the patch does (four warps, four stages; ``stock``)
+    against the fastest warp / stage count of LAUNCH_SWEEP (not shipped)."""
+    data = json.loads((RAW / f"{file}.json").read_text())
+    rows = []
+    for r in data["rows"]:
+        if r["kernel"] != "split_k_launch":
+            continue
+        shipped = next(us for us, c in r["sweep"] if (c["num_warps"], c["num_stages"]) == (4, 4))
+        tile = {key: r["config"][key] for key in ("BLOCK_N", "SPLIT_K")}
+        launch = {key: r["config"][key] for key in ("num_warps", "num_stages")}
+        rows.append(
+            {
+                "scenario": f"dense_fp8_split_k_launch_{r['shape']}",
+                "dtype": "fp8",
+                "tp_equiv": 8,
+                "batch": r["m"],
+                "metric": "kernel_us",
+                "stock": round(shipped, 2),
+                "fused": round(r["us"], 2),
+                "ratio": round(r["us"] / shipped, 3),
+                "compares": f"N {r['n']}, K {r['k']}, tile {tile}: 4 warps / 4 stages (as "
+                f"shipped) / the fastest launch, {launch}",
+                "floor_us": round(r["floor_us"], 2),
+                "gpu": H100,
+                "vllm": VLLM,
+                "date": date,
+            }
+        )
+    return rows
+
+
 def summary_rows() -> list[dict]:
     """Every row of summary.json, in its order."""
     return (
@@ -1294,6 +1372,7 @@ def summary_rows() -> list[dict]:
         + dense_pdl_rows("dense_pdl_sef15_h100_p2", DAY20)
         + dense_pdl_rows("dense_pdl_sef15_h100_p4", DAY20)
         + router_gemm_rows("router_gemm_sef16_h100", DAY21)
+        + split_k_launch_rows("dense_fp8_launch_sef17_h100", DAY22)
         + e2e_rows()
     )
 
