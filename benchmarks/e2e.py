@@ -44,8 +44,11 @@ Per process, after warm-up generates that are dropped (each shape once):
   wall time of B requests of --ttft-prompt tokens generating 1 token; medians
   of --reps.
 - throughput: decode-heavy (256 requests, 64 prompt + 400 generated tokens)
-  and mixed (512 requests, 1000 + 200) at vLLM's default chunked prefill:
-  generated tokens per second of LLM.generate, median of --reps.
+  and mixed (512 requests, 1000 + 200) at vLLM's default chunked prefill
+  (LLM's default on an H100 / H200: 16,384 tokens a step; `vllm serve`'s is
+  8,192: a variant's engine=max_num_batched_tokens=8192 measures with it):
+  generated tokens per second of LLM.generate, median of --reps. Every row
+  records the engine's max_num_batched_tokens.
 - profile: per batch B, torch.profiler (through vLLM's profiler, in the engine)
   over PROFILE_STEPS decode steps of B requests, after PROFILE_DELAY steps (the
   prefill and the first decode steps stay out): each kernel's device time,
