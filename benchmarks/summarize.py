@@ -453,6 +453,19 @@ REALISTIC_SEF10_ABAB = ["e2e_realistic_sef10_abab"]
 # sef12) and stay out of the rows: only stock, off and fused count.
 REALISTIC_SEF11_H100 = ["e2e_realistic_sef11_h100_l30"]
 H100 = "NVIDIA H100 80GB HBM3"
+# The 61-layer model cut to fit the H100 (the H100 engine runs since sef12): their rows' note.
+CUT_NOTE = (
+    "61-layer model cut to 30 layers to fit the H100's 80 GB; distinct_experts is the 61-layer "
+    "model's probe (the same seeded routers); "
+)
+
+
+def cut_note(note: str, series: str = "") -> dict:
+    """The notes of an engine run on the 30-layer H100 cut: ``note`` after CUT_NOTE, and what
+    the series side ran where it was not the series as shipped."""
+    return {"layers": 30, **({"series": series} if series else {}), "note": CUT_NOTE + note}
+
+
 H100_L30 = {
     "layers": 30,
     "note": "61-layer model cut to 30 layers to fit the H100's 80 GB; distinct_experts is the "
@@ -473,12 +486,10 @@ SEF12_H100_SIDES = {
     "sef12": {"stock": "stock", "fused": "fused"},
     "sef13": {"stock": "stock", "fused_dense": "fused", "off_dense": "off"},
 }
-SEF12_H100_NOTE = {
-    "layers": 30,
-    "note": "61-layer model cut to 30 layers to fit the H100's 80 GB; distinct_experts is the "
-    "61-layer model's probe (the same seeded routers); processes alternate within each device "
-    "call, not across calls (stock ran 0.8-1.8% faster in its last call than in its first)",
-}
+SEF12_H100_NOTE = cut_note(
+    "processes alternate within each device call, not across calls (stock ran 0.8-1.8% faster "
+    "in its last call than in its first)"
+)
 
 
 # sef13 as shipped on an H100 (twenty-first session), the same 30-layer cut, ITL/TTFT at 1, 4
@@ -486,12 +497,7 @@ SEF12_H100_NOTE = {
 # (the throughput workload decodes at every size up to 256); processes stock, fused, off in one
 # device call, then off, fused, stock in the next.
 REALISTIC_SEF13_H100 = ["e2e_realistic_sef13_h100_l30"]
-SEF13_H100_NOTE = {
-    "layers": 30,
-    "note": "61-layer model cut to 30 layers to fit the H100's 80 GB; distinct_experts is the "
-    "61-layer model's probe (the same seeded routers); processes stock, fused, off, off, fused, "
-    "stock over two device calls",
-}
+SEF13_H100_NOTE = cut_note("processes stock, fused, off, off, fused, stock over two device calls")
 
 
 # sef14's two patches before they were patches (twenty-second session), the same 30-layer cut,
@@ -501,22 +507,18 @@ SEF13_H100_NOTE = {
 # patch runs it up to 64). Processes fused, stock (one call; off cut off by the call's time
 # limit), stock, fused (the next), off (ITL/TTFT only, a third call).
 REALISTIC_SEF14_PROTO_H100 = ["e2e_realistic_sef13_tnorm_h100cfg_h100_l30"]
-SEF14_PROTO_NOTE = {
-    "layers": 30,
-    "series": "sef13 + patch 0017's files (VLLM_TUNED_CONFIG_FOLDER) + patch 0018's kernel up "
-    "to 16 tokens (benchmarks/prototypes.py hook, since removed); stock: vLLM 0.32.0 as released",
-    "note": "61-layer model cut to 30 layers to fit the H100's 80 GB; distinct_experts is the "
-    "61-layer model's probe (the same seeded routers); processes fused, stock, stock, fused over "
-    "two device calls, off once in a third (ITL/TTFT only)",
-}
+SEF14_PROTO_NOTE = cut_note(
+    "processes fused, stock, stock, fused over two device calls, off once in a third (ITL/TTFT "
+    "only)",
+    "sef13 + patch 0017's files (VLLM_TUNED_CONFIG_FOLDER) + patch 0018's kernel up to 16 tokens "
+    "(benchmarks/prototypes.py hook, since removed); stock: vLLM 0.32.0 as released",
+)
 REALISTIC_SEF14_H100 = ["e2e_realistic_sef14_h100_l30"]
-SEF14_H100_NOTE = {
-    "layers": 30,
-    "series": "sef14 as built (patches' defaults, no environment); stock: vLLM 0.32.0 as released",
-    "note": "61-layer model cut to 30 layers to fit the H100's 80 GB; distinct_experts is the "
-    "61-layer model's probe (the same seeded routers); processes stock, fused | fused, stock | "
-    "off | fused over four device calls (the last fused: ITL/TTFT only, with the profile)",
-}
+SEF14_H100_NOTE = cut_note(
+    "processes stock, fused | fused, stock | off | fused over four device calls (the last fused: "
+    "ITL/TTFT only, with the profile)",
+    "sef14 as built (patches' defaults, no environment); stock: vLLM 0.32.0 as released",
+)
 
 
 def fused_ab_note(series: str, compares: str, stock_column: str, more: str = "") -> dict:
@@ -526,9 +528,8 @@ def fused_ab_note(series: str, compares: str, stock_column: str, more: str = "")
         "layers": 30,
         "series": f"{series}, shared experts fused",
         "compares": compares,
-        "note": "61-layer model cut to 30 layers to fit the H100's 80 GB; distinct_experts is the "
-        "61-layer model's probe (the same seeded routers); both sides are the series fused: the "
-        f"'stock' column is {stock_column}, not stock vLLM{more}",
+        "note": CUT_NOTE + "both sides are the series fused: the 'stock' column is "
+        f"{stock_column}, not stock vLLM{more}",
     }
 
 
@@ -569,13 +570,10 @@ ROUTER_SEF16_NOTE = fused_ab_note(
 # sef17 as built on an H100 (twenty-sixth session), the same cut: ITL/TTFT at 1 / 4 / 16, three
 # repetitions; processes fused, stock (both with the profile) | stock, fused (ITL/TTFT only).
 SEF17_H100 = ["e2e_sef17_vs_stock_h100_l30"]
-SEF17_H100_NOTE = {
-    "layers": 30,
-    "series": "sef17 as built (patches' defaults, no environment); stock: vLLM 0.32.0 as released",
-    "note": "61-layer model cut to 30 layers to fit the H100's 80 GB; distinct_experts is the "
-    "61-layer model's probe (the same seeded routers); processes fused, stock | stock, fused over "
-    "two device calls (the profile in the first only)",
-}
+SEF17_H100_NOTE = cut_note(
+    "processes fused, stock | stock, fused over two device calls (the profile in the first only)",
+    "sef17 as built (patches' defaults, no environment); stock: vLLM 0.32.0 as released",
+)
 # Patch 0018 to 4,096 tokens against sef17's 512, the same session and cut: ITL/TTFT at 256 and
 # both throughput workloads; processes fused4k, fused | fused, fused4k (throughput only). Its
 # prefill steps were 16,384 tokens, above both thresholds (docs/benchmarks.md, "sef17 as built").
