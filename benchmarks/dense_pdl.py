@@ -26,8 +26,11 @@ CUDA graphs of back-to-back pairs over weight copies that together exceed the L2
   fused_quant   o_proj only: no producer, the GEMM quantizes its 16-bit input itself (one
                 launch per layer fewer; the quantization's arithmetic as vLLM's kernel has it)
 (o_proj's producer is vLLM's CUDA kernel, which triggers its dependents when it ends.)
+Every variant's GEMM runs the tile patch 0016's ``split_k_config`` picks, or --tile's for all of
+them (a candidate tile, measured as the engine would launch it); each row records its tile.
 
-    python -m benchmarks.dense_pdl --out dense_pdl.json [--tokens 1 4 16] [--prefetch 2]
+    python -m benchmarks.dense_pdl --out dense_pdl.json [--tokens 1 4 16] [--prefetch 2] \
+        [--pairs "quant->o_proj" --tile 128/2]
     benchmarks/gpu_host.sh dense-pdl
 
 Results are written after each row (a run cut short keeps what it measured).
@@ -357,6 +360,7 @@ def measure(args, producers: dict | None = None, device: str = "cuda") -> list[d
             "quant": lambda x: per_token_group_quant_fp8(x, GROUP, column_major_scales=True),
         }
     shipped_gemm = _installed()["block_fp8_split_k_mm"]
+    config = args.tile  # None: split_k_config's tile per shape and token count
     fp8 = torch.float8_e4m3fn
     gen = torch.Generator(device=device).manual_seed(0)
     rows = []
@@ -380,7 +384,7 @@ def measure(args, producers: dict | None = None, device: str = "cuda") -> list[d
 
             def pair(variant, b, bs, x=x, q=q, s=s, residual=residual, kind=kind, norm_w=norm_w):
                 if variant == "fused_quant":
-                    return split_k_mm(x, b, None, bs, torch.bfloat16)
+                    return split_k_mm(x, b, None, bs, torch.bfloat16, config=config)
                 shipped = variant in ("base", "shipped")
                 if kind == "quant":
                     qq, ss = producers["quant"](x)
@@ -391,13 +395,15 @@ def measure(args, producers: dict | None = None, device: str = "cuda") -> list[d
                     norm_quant(q, x, norm_w, s, 1e-6, residual, GROUP, trigger=True)
                     qq, ss = q, s
                 if shipped:
-                    block_n, split_k = tile(qq, b)
+                    block_n, split_k = config or tile(qq, b)
                     plain = {"launch_pdl": False} if variant == "base" else {}
                     return shipped_gemm(
                         qq, b, ss, bs, torch.bfloat16, split_k=split_k, block_n=block_n, **plain
                     )
                 prefetch = args.prefetch if variant == "pdl_prefetch" else 0
-                return split_k_mm(qq, b, ss, bs, torch.bfloat16, pdl=True, prefetch=prefetch)
+                return split_k_mm(
+                    qq, b, ss, bs, torch.bfloat16, pdl=True, prefetch=prefetch, config=config
+                )
 
             variants = [v for v in VARIANTS if kind == "quant" or v != "fused_quant"]
             outs, times = {}, {}
@@ -419,6 +425,7 @@ def measure(args, producers: dict | None = None, device: str = "cuda") -> list[d
                 "n": n,
                 "k": k,
                 "tokens": m,
+                "tile": list(config or tile(x, weights[0][0])),  # [BLOCK_N, SPLIT_K]
                 "pairs_per_step": per_step,
                 **{f"{v}_us": times[v] for v in variants},
                 "prefetch_blocks": args.prefetch,
@@ -436,6 +443,19 @@ def measure(args, producers: dict | None = None, device: str = "cuda") -> list[d
     return rows
 
 
+def parse_tile(text: str) -> tuple[int, int]:
+    """--tile's BLOCK_N/SPLIT_K, each a power of two (BLOCK_N at least 16)."""
+    try:
+        block_n, split_k = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: BLOCK_N/SPLIT_K, e.g. 128/2") from None
+    if block_n < 16 or block_n & (block_n - 1) or split_k < 1 or split_k & (split_k - 1):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: BLOCK_N a power of two >= 16, SPLIT_K a power of two >= 1"
+        )
+    return block_n, split_k
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", nargs="+", choices=list(PAIRS), default=list(PAIRS))
@@ -444,6 +464,11 @@ def main() -> None:
         "--prefetch", type=int, default=2, help="K blocks prefetched (pdl_prefetch)"
     )
     parser.add_argument("--iters", type=int, default=50, help="graph replays per repetition")
+    parser.add_argument(
+        "--tile",
+        type=parse_tile,
+        help="BLOCK_N/SPLIT_K for every variant's GEMM (default: patch 0016's split_k_config)",
+    )
     parser.add_argument("--out")
     args = parser.parse_args()
     if args.prefetch < 1 or args.prefetch & (args.prefetch - 1):

@@ -1070,11 +1070,26 @@ with (
     mock.patch("sefkit.graph_timing.replay_us", lambda graphs, iters, reps: 2.0),
 ):
     out = os.path.join(tempfile.mkdtemp(), "dense_pdl.json")
-    args = types.SimpleNamespace(pairs=["n", "q"], tokens=[1, 3], prefetch=2, iters=1, out=out)
+    args = types.SimpleNamespace(
+        pairs=["n", "q"], tokens=[1, 3], prefetch=2, iters=1, tile=None, out=out
+    )
     producers = {"norm": rms_norm_per_block_quant_triton, "quant": quant}
     rows = dense_pdl.measure(args, producers, device="cpu")
+    # --tile: every variant's GEMM on that tile, recorded in the rows.
+    tiled = dense_pdl.measure(
+        types.SimpleNamespace(**{**vars(args), "tile": (32, 4), "out": None}), producers, "cpu"
+    )
 with open(out) as f:
     assert json.load(f) == {"gpu": "cpu", "rows": rows}
+split_k_config = dense_pdl._installed()["split_k_config"]
+for r in rows:
+    n, k = pairs[r["pair"]][3:5]
+    assert r["tile"] == list(split_k_config(r["tokens"], n, k, 132)), r
+for r in tiled:
+    assert r["tile"] == [32, 4], r
+    assert r["equal_to_base"]["base"] and r["equal_to_base"]["shipped"], r
+    assert r["max_rel_diff_to_base"].get("fused_quant", 0.0) < 0.2, r
+    checked += 1
 assert [(r["pair"], r["tokens"]) for r in rows] == [("n", 1), ("n", 3), ("q", 1), ("q", 3)]
 for r in rows:
     assert r["base_us"] == 1.0 and r["equal_to_base"]["base"], r  # 2 us per 2 pairs
@@ -1094,7 +1109,27 @@ def test_dense_pdl_prototype_kernels_in_triton_interpreter() -> None:
     the product, and its measure writes its rows, in Triton's interpreter (the PDL paths are
     CUDA-only: the GPU run checks them against the base)."""
     proc = _in_triton_interpreter(DENSE_PDL_SCRIPT)
-    assert "checked 14" in proc.stdout, proc.stdout
+    assert "checked 18" in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize("bad", ["100/2", "128", "64/3", "8/1", "a/b"])
+def test_dense_pdl_refuses_a_tile_that_is_not_two_powers_of_two(bad) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.dense_pdl", "--tile", bad],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "argument --tile" in result.stderr
+    assert repr(bad) in result.stderr
+
+
+def test_dense_pdl_tile_parses_into_block_n_and_split_k() -> None:
+    from benchmarks import dense_pdl
+
+    assert dense_pdl.parse_tile("128/2") == (128, 2)
+    assert dense_pdl.parse_tile("16/1") == (16, 1)
 
 
 ROUTER_GEMM_SCRIPT = """
