@@ -9,6 +9,10 @@ what a function replaced as its ``replaced`` attribute.
 from __future__ import annotations
 
 import torch
+import triton
+import triton.language as tl
+
+from benchmarks.dense_pdl import prefetch_l2
 
 
 def shared_expert_split_k(
@@ -154,3 +158,85 @@ def gate_linear_split_k(self, x):
         return gate_linear_split_k.replaced(self, x)
     output = torch.ops.sef_prototypes.router_split_k(x, self.weight)
     return output if not self.return_bias else (output, None)
+
+
+# The fused shared expert's weights prefetched into L2 on the auxiliary stream while the router's
+# GEMM and routing run (docs/benchmarks.md, "sef17 as built against stock", next session's item
+# 5): up to this many tokens (one: at 4 tokens the shared expert is 1 of ~30 experts read).
+PREFETCH_SHARED_MAX_TOKENS = 1
+# 128-byte lines per program of the prefetch kernel.
+PREFETCH_LINES = 256
+
+
+@triton.jit
+def _prefetch_bytes_kernel(ptr, nbytes, LINES: tl.constexpr):
+    """Prefetch bytes [0, nbytes) at ``ptr`` (uint8) into L2, LINES 128-byte lines a program."""
+    lines = tl.program_id(0) * LINES + tl.arange(0, LINES)
+    prefetch_l2(ptr + tl.minimum(lines.to(tl.int64) * 128, nbytes - 1))
+
+
+def shared_expert_slices(layer, moe_config) -> list[torch.Tensor]:
+    """The fused shared expert's weights in ``layer`` (vLLM's RoutedExperts): gate-up, down and
+    their block scales, the slot after the ``num_experts`` routed ones; [] unless the layer has
+    exactly one fused copy (VLLM_SHARED_EXPERT_FUSION_REPLICAS=1)."""
+    if moe_config.num_fused_shared_experts != 1:
+        return []
+    slots = moe_config.num_experts + 1
+    names = ("w13_weight", "w2_weight", "w13_weight_scale_inv", "w2_weight_scale_inv")
+    tensors = [getattr(layer, name, None) for name in names]
+    if not all(t is None or (t.dim() >= 1 and t.size(0) == slots) for t in tensors[:2]):
+        return []
+    return [
+        t[moe_config.num_experts]
+        for t in tensors
+        if isinstance(t, torch.Tensor) and t.dim() >= 1 and t.size(0) == slots
+    ]
+
+
+def _prefetch_targets(runner, hidden_states: torch.Tensor) -> list[torch.Tensor]:
+    """What runner_forward_prefetch_shared prefetches for this call ([]: nothing)."""
+    if (
+        hidden_states.size(0) > PREFETCH_SHARED_MAX_TOKENS
+        or not hidden_states.is_cuda
+        or torch.compiler.is_compiling()
+    ):
+        return []
+    return shared_expert_slices(runner.routed_experts, runner.moe_config)
+
+
+def runner_forward_prefetch_shared(
+    self, hidden_states, router_logits, shared_experts_input, input_ids=None
+):
+    """MoERunner._forward_impl with the fused shared expert's weights (one copy, 5.5 MB for
+    DeepSeek-V3 at per-rank TP8 FP8) prefetched into L2 by a kernel on the auxiliary stream,
+    forked before the router's GEMM (where stock vLLM forks its separate shared expert) and
+    joined after the layer, up to PREFETCH_SHARED_MAX_TOKENS tokens. The layer's arithmetic is
+    unchanged (bit-identical); only where its shared-expert reads come from. For an engine A/B:
+    ``replace=vllm.model_executor.layers.fused_moe.runner.moe_runner:MoERunner._forward_impl=
+    benchmarks.prototypes:runner_forward_prefetch_shared``; not measured yet."""
+    replaced = runner_forward_prefetch_shared.replaced
+    targets = _prefetch_targets(self, hidden_states)
+    if not targets:
+        return replaced(self, hidden_states, router_logits, shared_experts_input, input_ids)
+    from vllm.compilation.breakable_cudagraph import BreakableCUDAGraphCapture
+    from vllm.utils.torch_utils import aux_stream
+
+    stream = aux_stream()
+    if stream is None or BreakableCUDAGraphCapture.is_active():
+        return replaced(self, hidden_states, router_logits, shared_experts_input, input_ids)
+    events = self.__dict__.get("_sef_prefetch_events")
+    if events is None:
+        events = self._sef_prefetch_events = (torch.cuda.Event(), torch.cuda.Event())
+    start, done = events
+    start.record()
+    with torch.cuda.stream(stream):
+        start.wait()
+        for t in targets:
+            data = t.reshape(-1).view(torch.uint8)
+            grid = (triton.cdiv(data.numel(), 128 * PREFETCH_LINES),)
+            _prefetch_bytes_kernel[grid](data, data.numel(), LINES=PREFETCH_LINES)
+        done.record()
+    try:
+        return replaced(self, hidden_states, router_logits, shared_experts_input, input_ids)
+    finally:
+        done.wait()  # the current stream joins the prefetch before the graph's next node

@@ -612,12 +612,14 @@ def test_prototypes_take_the_arguments_of_the_methods_they_replace() -> None:
 
     from vllm.model_executor.layers.fused_moe.experts.triton_moe import TritonExperts
     from vllm.model_executor.layers.fused_moe.router.gate_linear import GateLinear
+    from vllm.model_executor.layers.fused_moe.runner.moe_runner import MoERunner
 
     from benchmarks import prototypes
 
     for method, prototype in (
         (TritonExperts._apply_fused_shared_experts, prototypes.shared_expert_split_k),
         (GateLinear.forward, prototypes.gate_linear_split_k),
+        (MoERunner._forward_impl, prototypes.runner_forward_prefetch_shared),
     ):
         series = inspect.signature(method).parameters
         assert list(inspect.signature(prototype).parameters) == list(series)
@@ -651,6 +653,52 @@ def test_router_prototype_reads_its_setting_and_keeps_other_gates() -> None:
     assert out.shape == (3, 8)
     assert out.dtype == torch.bfloat16
     assert out.device.type == "meta"
+
+
+def test_prefetch_prototype_picks_the_one_fused_copy_and_keeps_other_calls() -> None:
+    """benchmarks.prototypes.runner_forward_prefetch_shared: the slices it would prefetch are the
+    shared expert's slot (after the routed experts) of each weight and scale, none with two
+    copies or none fused; a call it does not handle (here: on CPU, or more tokens than its
+    limit) runs the method it replaced with the same arguments."""
+    from unittest import mock
+
+    from benchmarks import prototypes
+
+    def layer(slots):
+        return types.SimpleNamespace(
+            w13_weight=torch.randn(slots, 8, 16),
+            w2_weight=torch.randn(slots, 16, 4),
+            w13_weight_scale_inv=torch.randn(slots, 1, 1),
+            w2_weight_scale_inv=torch.randn(slots, 1, 1),
+        )
+
+    config = types.SimpleNamespace(num_experts=6, num_fused_shared_experts=1)
+    one = layer(7)
+    got = prototypes.shared_expert_slices(one, config)
+    names = ("w13_weight", "w2_weight", "w13_weight_scale_inv", "w2_weight_scale_inv")
+    assert [t.data_ptr() for t in got] == [getattr(one, n)[6].data_ptr() for n in names]
+    assert [t.shape for t in got] == [(8, 16), (16, 4), (1, 1), (1, 1)]
+    unquantized = types.SimpleNamespace(w13_weight=one.w13_weight, w2_weight=one.w2_weight)
+    assert len(prototypes.shared_expert_slices(unquantized, config)) == 2
+    assert prototypes.shared_expert_slices(layer(8), config) == []  # two copies (R = 2)
+    off = types.SimpleNamespace(num_experts=7, num_fused_shared_experts=0)
+    assert prototypes.shared_expert_slices(layer(7), off) == []
+    runner = types.SimpleNamespace(routed_experts=one, moe_config=config)
+    calls = []
+    with mock.patch.object(
+        prototypes.runner_forward_prefetch_shared,
+        "replaced",
+        create=True,
+        side_effect=lambda *args: calls.append(args) or "kept",
+    ):
+        x = torch.randn(1, 16)
+        assert prototypes.runner_forward_prefetch_shared(runner, x, x, None) == "kept"
+        assert calls == [(runner, x, x, None, None)]
+    assert prototypes._prefetch_targets(runner, x) == []  # CPU
+    meta = types.SimpleNamespace(size=lambda dim: 2, is_cuda=True)  # two tokens, over the limit
+    assert prototypes._prefetch_targets(runner, meta) == []
+    with mock.patch.object(prototypes, "PREFETCH_SHARED_MAX_TOKENS", 2):
+        assert len(prototypes._prefetch_targets(runner, meta)) == 4
 
 
 def test_dense_fp8_step_totals_weigh_each_shape_by_its_launches_per_step() -> None:
