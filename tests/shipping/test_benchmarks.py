@@ -701,6 +701,26 @@ def test_prefetch_prototype_picks_the_one_fused_copy_and_keeps_other_calls() -> 
         assert len(prototypes._prefetch_targets(runner, meta)) == 4
 
 
+def test_prefetch_prototype_kernel_compiles_for_hopper_into_l2_prefetches() -> None:
+    """The prefetch kernel has no interpreter path (inline PTX): compiled here for sm_90 by the
+    venv's Triton, it must issue L2 prefetches, one per line of its program's share."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from benchmarks import prototypes
+
+    source = ASTSource(
+        fn=prototypes._prefetch_bytes_kernel,
+        signature={"ptr": "*u8", "nbytes": "i32"},
+        constexprs={"LINES": 256},
+    )
+    kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32))
+    # 256 lines over 4 warps of 32 threads: two prefetches per thread.
+    assert kernel.asm["ptx"].count("prefetch.global.L2") == 2
+    assert kernel.asm["cubin"]
+
+
 def test_dense_fp8_step_totals_weigh_each_shape_by_its_launches_per_step() -> None:
     from benchmarks import dense_fp8
 
