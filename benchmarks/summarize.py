@@ -308,58 +308,21 @@ def e2e_rows() -> list[dict]:
             gpu=H100,
             extra=SEF14_H100_NOTE,
         )
-        + realistic_rows(
+        + cut_rows(
             THRESHOLD_SEF15_H100,
-            "e2e_norm_quant_threshold_sef15_h100_l30",
-            set(),
-            throughput="throughput_norm_quant_threshold_sef15_h100_l30",
-            date=DAY20,
-            prefix_caching=False,
-            gpu=H100,
-            extra=THRESHOLD_SEF15_NOTE,
-            sides_of=THRESHOLD_SEF15_SIDES,
-        )
-        + engine_step_rows(
-            THRESHOLD_SEF15_H100,
-            "e2e_step_norm_quant_threshold_sef15_h100_l30",
+            "norm_quant_threshold_sef15_h100_l30",
             DAY20,
-            H100,
             THRESHOLD_SEF15_NOTE,
             THRESHOLD_SEF15_SIDES,
+            throughput=True,
         )
-        + realistic_rows(
-            PDL_SEF16_H100,
-            "e2e_split_k_pdl_sef16_h100_l30",
-            set(),
-            date=DAY21,
-            prefix_caching=False,
-            gpu=H100,
-            extra=PDL_SEF16_NOTE,
-            sides_of=PDL_SEF16_SIDES,
+        + cut_rows(
+            PDL_SEF16_H100, "split_k_pdl_sef16_h100_l30", DAY21, PDL_SEF16_NOTE, PDL_SEF16_SIDES
         )
-        + engine_step_rows(
+        + cut_rows(
             PDL_SEF16_H100,
-            "e2e_step_split_k_pdl_sef16_h100_l30",
+            "router_split_k_sef16_h100_l30",
             DAY21,
-            H100,
-            PDL_SEF16_NOTE,
-            PDL_SEF16_SIDES,
-        )
-        + realistic_rows(
-            PDL_SEF16_H100,
-            "e2e_router_split_k_sef16_h100_l30",
-            set(),
-            date=DAY21,
-            prefix_caching=False,
-            gpu=H100,
-            extra=ROUTER_SEF16_NOTE,
-            sides_of=ROUTER_SEF16_SIDES,
-        )
-        + engine_step_rows(
-            PDL_SEF16_H100,
-            "e2e_step_router_split_k_sef16_h100_l30",
-            DAY21,
-            H100,
             ROUTER_SEF16_NOTE,
             ROUTER_SEF16_SIDES,
         )
@@ -373,16 +336,13 @@ def e2e_rows() -> list[dict]:
             extra=SEF17_H100_NOTE,
         )
         + engine_step_rows(SEF17_H100, "e2e_step_sef17_h100_l30", DAY22, H100, SEF17_H100_NOTE)
-        + realistic_rows(
+        + cut_rows(
             NORM_QUANT_4K_SEF17,
-            "e2e_norm_quant_4k_sef17_h100_l30",
-            set(),
-            throughput="throughput_norm_quant_4k_sef17_h100_l30",
-            date=DAY22,
-            prefix_caching=False,
-            gpu=H100,
-            extra=NORM_QUANT_4K_SEF17_NOTE,
-            sides_of=NORM_QUANT_4K_SEF17_SIDES,
+            "norm_quant_4k_sef17_h100_l30",
+            DAY22,
+            NORM_QUANT_4K_SEF17_NOTE,
+            NORM_QUANT_4K_SEF17_SIDES,
+            throughput=True,
         )
     )
 
@@ -673,6 +633,25 @@ def realistic_rows(
             row["distinct_experts"] = distinct[batch]
         rows.append(row)
     return rows
+
+
+def cut_rows(
+    files: list[str], name: str, date: str, note: dict, sides: dict, throughput: bool = False
+) -> list[dict]:
+    """The rows of an engine A/B on the 30-layer H100 cut (fused against fused, ``sides`` says
+    which variant is which column): e2e_NAME (ITL, TTFT), throughput_NAME where ``throughput``,
+    and e2e_step_NAME_busy / _span where the processes ran the profile."""
+    return realistic_rows(
+        files,
+        f"e2e_{name}",
+        set(),
+        throughput=f"throughput_{name}" if throughput else "throughput",
+        date=date,
+        prefix_caching=False,
+        gpu=H100,
+        extra=note,
+        sides_of=sides,
+    ) + engine_step_rows(files, f"e2e_step_{name}", date, H100, note, sides)
 
 
 def side_of(variant: str, sides_of: dict[str, str] | None) -> str | None:
