@@ -32,6 +32,9 @@
 #                                          assigned apart / in one launch (moe_layer.py quantize-align)
 #   benchmarks/gpu_host.sh moe-sum [ARGS]  the layer with the top-k outputs summed by ops.moe_sum /
 #                                          by the Triton launch (moe_layer.py moe-sum)
+#   benchmarks/gpu_host.sh prefetch-shared [ARGS]  the layer with vLLM's MoE runner / the fused shared
+#                                          expert prefetched into L2, L2 emptied per replay
+#                                          (moe_layer.py prefetch-shared)
 #   benchmarks/gpu_host.sh dense-fp8 [ARGS]  the dense block-FP8 GEMMs, cutlass / Triton, per shape and
 #                                          batch size (benchmarks/dense_fp8.py)
 #   benchmarks/gpu_host.sh norm-quant [ARGS]  RMSNorm + FP8 group quantization, vLLM's fused op /
@@ -155,6 +158,8 @@ with open(sys.argv[1], "w") as f:
   quantize-align)
     python3 -m benchmarks.moe_layer quantize-align --out "$OUT/layer_quantize_align.json" "$@" ;;
   moe-sum) python3 -m benchmarks.moe_layer moe-sum --out "$OUT/layer_moe_sum.json" "$@" ;;
+  prefetch-shared)
+    python3 -m benchmarks.moe_layer prefetch-shared --out "$OUT/layer_prefetch_shared.json" "$@" ;;
   dense-fp8) python3 -m benchmarks.dense_fp8 --out "$OUT/dense_fp8.json" "$@" ;;
   norm-quant) python3 -m benchmarks.norm_quant --out "$OUT/norm_quant.json" "$@" ;;
   dense-pdl) python3 -m benchmarks.dense_pdl --out "$OUT/dense_pdl.json" "$@" ;;

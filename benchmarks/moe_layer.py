@@ -17,6 +17,7 @@ shared-experts CUDA stream) and fused (VLLM_SHARED_EXPERT_FUSION_REPLICAS=R).
     python -m benchmarks.moe_layer assignment [--tokens 1 2 4 7] [--rounds 3] --out F.json
     python -m benchmarks.moe_layer quantize-align [--tokens 1 2 4 16] [--rounds 3] --out F.json
     python -m benchmarks.moe_layer moe-sum [--tokens 1 4 16 64] [--rounds 3] --out F.json
+    python -m benchmarks.moe_layer prefetch-shared [--tokens 1 4] [--rounds 3] --out F.json
 
 ``check`` compares both layers with an fp32 reference computed from the same
 (dequantized) weights and routing: the fused layer must be as close to it as
@@ -38,7 +39,13 @@ takes at few tokens and with the aligned one (moe_align_block_size) at the same 
 alternating in one process. ``quantize-align`` likewise with the MoE input quantized and the
 expert blocks assigned in launches of their own (as before patch 0013) and in one launch.
 ``moe-sum`` likewise with the top-k outputs summed by ops.moe_sum and by patch 0014's Triton
-launch.
+launch. ``prefetch-shared`` likewise with vLLM's MoE runner and with the fused shared expert's
+weights prefetched into L2 during routing (benchmarks/prototypes.py).
+
+Replays run back to back, so weights that every replay reads (the shared expert's, fused or
+not) can stay in L2 between them, which an engine's decode step (more weights than L2 holds
+between two reads of a layer) does not allow; ``--cold-l2`` empties L2 before every replay and
+subtracts the flush's own time (sefkit.graph_timing.replay_us_cold); rows record ``"l2"``.
 """
 
 from __future__ import annotations
@@ -58,7 +65,7 @@ from unittest import mock
 
 import torch
 
-from sefkit.graph_timing import capture, replay_us
+from sefkit.graph_timing import capture, replay_us, replay_us_cold
 from sefkit.tiny_deepseek import quantize_fp8_block
 
 ENV = "VLLM_SHARED_EXPERT_FUSION_REPLICAS"
@@ -94,7 +101,7 @@ TOKENS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
 class Setup:
     """vLLM's distributed state and config for building layers outside an engine."""
 
-    def __init__(self, device: str, tiny: bool) -> None:
+    def __init__(self, device: str, tiny: bool, cold_l2: bool = False) -> None:
         from vllm.config import VllmConfig, set_current_vllm_config
         from vllm.distributed import (
             init_distributed_environment,
@@ -128,6 +135,8 @@ class Setup:
         self._count = 0
         self.device = device
         self.shape = TINY if tiny else V3
+        # time_layer empties L2 before every replay (--cold-l2; the engine's regime).
+        self.cold_l2 = cold_l2
 
     def next_prefix(self) -> str:
         self._count += 1
@@ -404,9 +413,10 @@ def layer_inputs(config, tokens: list[int], graphs: int) -> dict[int, list[torch
 
 
 def time_layer(setup, layer, inputs: list[torch.Tensor], iters: int) -> float:
-    """Median microseconds per replay, round-robin over one graph per input."""
+    """Median microseconds per replay, round-robin over one graph per input; with L2 emptied
+    before every replay under ``setup.cold_l2``."""
     graphs = capture(lambda x: forward(setup, layer, x), [(x,) for x in inputs], warmup=2)
-    us = replay_us(graphs, iters, reps=5)
+    us = (replay_us_cold if setup.cold_l2 else replay_us)(graphs, iters, reps=5)
     del graphs
     return us
 
@@ -455,6 +465,7 @@ def bench(args, setup: Setup) -> list[dict]:
                     "floor_us": floor_us,
                     "fused_over_floor": times["fused"][m] / floor_us,
                     "experts_read": unique + 1,
+                    "l2": "cold" if setup.cold_l2 else "warm",
                 }
                 print(json.dumps(row), flush=True)
                 rows.append(row)
@@ -561,6 +572,7 @@ def alternate(args, setup: Setup, settings: dict, scenario: str) -> list[dict]:
                 "ratio": statistics.median(b) / statistics.median(a),
                 f"{first}_values": a,
                 f"{second}_values": b,
+                "l2": "cold" if setup.cold_l2 else "warm",
             }
             print(json.dumps(row), flush=True)
             rows.append(row)
@@ -625,6 +637,27 @@ def shared_stream(args, setup: Setup) -> list[dict]:
 
     settings = {"one_launch": min_tokens(1 << 30), "aux_stream": min_tokens(1)}
     return alternate(args, setup, settings, "moe_layer_shared_stream")
+
+
+def prefetch_shared(args, setup: Setup) -> list[dict]:
+    """benchmarks/prototypes.py's runner_forward_prefetch_shared in one process: both layers
+    timed with vLLM's MoERunner._forward_impl and with the prototype (the fused shared expert's
+    weights prefetched into L2 on the auxiliary stream during the router's GEMM and routing),
+    alternating, with L2 emptied before every replay (--cold-l2 implied: in warm replays the
+    shared expert's weights are in L2 already). The unfused layer has no fused slot and runs
+    vLLM's method in both settings: its ratio is the noise of the alternation."""
+    from vllm.model_executor.layers.fused_moe.runner.moe_runner import MoERunner
+
+    from benchmarks import prototypes
+
+    setup.cold_l2 = True
+    prototype = prototypes.runner_forward_prefetch_shared
+    prototype.replaced = MoERunner._forward_impl
+    settings = {
+        "plain": contextlib.nullcontext,
+        "prefetch": lambda: mock.patch.object(MoERunner, "_forward_impl", prototype),
+    }
+    return alternate(args, setup, settings, "moe_layer_prefetch_shared")
 
 
 def assignment(args, setup: Setup) -> list[dict]:
@@ -947,6 +980,7 @@ def main() -> None:
             "assignment",
             "quantize-align",
             "moe-sum",
+            "prefetch-shared",
         ],
     )
     parser.add_argument("--dtype", nargs="+", default=["bf16", "fp8"])
@@ -965,8 +999,13 @@ def main() -> None:
         "--rounds",
         type=int,
         default=3,
-        help="naive-fill, pdl, shared-stream, tiles, assignment, quantize-align, moe-sum: "
-        "alternations",
+        help="naive-fill, pdl, shared-stream, tiles, assignment, quantize-align, moe-sum, "
+        "prefetch-shared: alternations",
+    )
+    parser.add_argument(
+        "--cold-l2",
+        action="store_true",
+        help="empty L2 before every timed replay (the engine's regime; prefetch-shared: implied)",
     )
     parser.add_argument("--out")
     parser.add_argument("--tiny", action="store_true", help="small shapes")
@@ -975,7 +1014,7 @@ def main() -> None:
     global DEVICE
     DEVICE = args.device
     torch.manual_seed(0)
-    setup = Setup(args.device, args.tiny)
+    setup = Setup(args.device, args.tiny, args.cold_l2)
     modes = {
         "check": check,
         "bench": bench,
@@ -988,6 +1027,7 @@ def main() -> None:
         "assignment": assignment,
         "quantize-align": quantize_align,
         "moe-sum": moe_sum,
+        "prefetch-shared": prefetch_shared,
     }
     rows = modes[args.mode](args, setup)
     info = {

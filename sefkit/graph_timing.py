@@ -42,6 +42,47 @@ def replay_us(graphs: Sequence, iters: int, reps: int) -> float:
     return statistics.median(times)
 
 
+def l2_flush_graph() -> torch.cuda.CUDAGraph:
+    """A CUDA graph that reads a buffer of twice the GPU's L2 cache (at least 64 MiB): replayed
+    before another graph, it leaves none of that graph's data in L2, and no dirty lines for the
+    graph's reads to write back (it only reads; its one-value sum stays in L2)."""
+    l2 = torch.cuda.get_device_properties(torch.cuda.current_device()).L2_cache_size
+    buffer = torch.zeros(max(2 * l2, 64 << 20) // 4, dtype=torch.float32, device="cuda")
+    total = torch.empty((), dtype=torch.float32, device="cuda")
+    torch.sum(buffer, dim=0, out=total)  # outside the capture: the reduction's first call
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        torch.sum(buffer, dim=0, out=total)
+    graph.tensors = (buffer, total)  # the graph's memory lives as long as the graph
+    return graph
+
+
+def replay_us_cold(graphs: Sequence, iters: int, reps: int) -> float:
+    """replay_us with L2 emptied before every replay (l2_flush_graph): per repetition, the mean
+    microseconds of a flush and a replay minus those of a flush alone, timed one after the other;
+    the median over ``reps``. The regime of an engine's decode step, whose layers read more
+    weights than L2 holds: a layer finds none of its weights there, where replay_us's back-to-back
+    replays of one layer can find the weights every replay reads (a shared expert's)."""
+    flush = l2_flush_graph()
+    for graph in graphs:
+        graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def mean_us(with_graphs: bool) -> float:
+        torch.cuda.synchronize()
+        start.record()
+        for i in range(iters):
+            flush.replay()
+            if with_graphs:
+                graphs[i % len(graphs)].replay()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) * 1e3 / iters
+
+    return statistics.median(mean_us(True) - mean_us(False) for _ in range(reps))
+
+
 def record(rows: list[dict], row: dict, out: str | None, device: str) -> None:
     """Print ``row``, append it to ``rows`` and, with ``out``, rewrite that file with every row so
     far and the GPU's name (``device`` off CUDA): a run cut short keeps what it measured."""

@@ -1286,3 +1286,73 @@ def test_norm_quant_kernel_in_triton_interpreter() -> None:
     norm_quant.measure's rows."""
     proc = _in_triton_interpreter(NORM_QUANT_SCRIPT)
     assert "checked 10" in proc.stdout, proc.stdout
+
+
+class _FakeClock:
+    """A GPU stream for sefkit.graph_timing on a CPU: replays advance a clock by their cost,
+    events read it (milliseconds, as torch.cuda.Event.elapsed_time)."""
+
+    def __init__(self) -> None:
+        self.now_ms = 0.0
+
+    def graph(self, us: float):
+        return types.SimpleNamespace(replay=lambda: setattr(self, "now_ms", self.now_ms + us / 1e3))
+
+    def event(self, enable_timing: bool = False):
+        clock = self
+        event = types.SimpleNamespace(at=None)
+        event.record = lambda: setattr(event, "at", clock.now_ms)
+        event.elapsed_time = lambda other: other.at - event.at
+        return event
+
+
+def test_replay_us_cold_subtracts_the_l2_flush() -> None:
+    """replay_us_cold times a flush before every replay and a flush alone, and returns the
+    difference per replay: the graphs' own time (round-robin over them), whatever the flush
+    costs."""
+    from unittest import mock
+
+    from sefkit import graph_timing
+
+    clock = _FakeClock()
+    with (
+        mock.patch.object(graph_timing, "l2_flush_graph", return_value=clock.graph(40.0)),
+        mock.patch.object(graph_timing.torch.cuda, "Event", clock.event),
+        mock.patch.object(graph_timing.torch.cuda, "synchronize", return_value=None),
+    ):
+        graphs = [clock.graph(3.0), clock.graph(5.0)]
+        assert graph_timing.replay_us_cold(graphs, iters=10, reps=3) == pytest.approx(4.0)
+        assert graph_timing.replay_us(graphs, iters=10, reps=3) == pytest.approx(4.0)
+
+
+def test_prefetch_shared_mode_swaps_the_runner_method_with_cold_l2() -> None:
+    """moe_layer.py prefetch-shared alternates vLLM's MoERunner._forward_impl with the
+    prototype (which calls the method it replaced), and times with L2 emptied per replay."""
+    from unittest import mock
+
+    from vllm.model_executor.layers.fused_moe.runner.moe_runner import MoERunner
+
+    from benchmarks import moe_layer, prototypes
+
+    plain = MoERunner._forward_impl
+    seen = {}
+
+    def fake_alternate(args, setup, settings, scenario):
+        for name, setting in settings.items():
+            with setting():
+                seen[name] = MoERunner._forward_impl
+        seen["scenario"], seen["cold_l2"] = scenario, setup.cold_l2
+        return []
+
+    setup = types.SimpleNamespace(cold_l2=False)
+    with mock.patch.object(moe_layer, "alternate", fake_alternate):
+        assert moe_layer.prefetch_shared(argparse.Namespace(), setup) == []
+    assert MoERunner._forward_impl is plain
+    assert seen["plain"] is plain
+    assert seen["prefetch"] is prototypes.runner_forward_prefetch_shared
+    assert prototypes.runner_forward_prefetch_shared.replaced is plain
+    assert seen["cold_l2"] is True
+    assert seen["scenario"] == "moe_layer_prefetch_shared"
+    import inspect
+
+    assert '"prefetch-shared": prefetch_shared' in inspect.getsource(moe_layer.main)
