@@ -45,6 +45,7 @@ DAY19 = "2026-12-06"  # twenty-third session: sef14 as built on an H100
 DAY20 = "2026-12-06"  # twenty-fourth session: sef15's 512-token threshold in the engine, PDL pairs
 DAY21 = "2026-12-06"  # twenty-fifth session: patch 0019 and the router prototype in the engine
 DAY22 = "2026-12-06"  # twenty-sixth session: sef17 against stock, 0018 to 4,096 tokens, launches
+DAY23 = "2026-12-06"  # twenty-seventh session: cold L2, the prefetch prototype, 0018 at 16,384
 
 
 def layer_rows() -> list[dict]:
@@ -1325,6 +1326,83 @@ def split_k_launch_rows(file: str, date: str) -> list[dict]:
     return rows
 
 
+def cold_l2_rows() -> list[dict]:
+    """The MoE layer (``benchmarks/moe_layer.py bench``, sef17, H100) with L2 emptied before every
+    replay (``--cold-l2``, the engine's regime) and replayed back to back as before (warm), in
+    consecutive processes of one device call: stock vLLM's layer (``stock``) and the fused one."""
+    return [
+        {
+            "scenario": f"moe_layer_sef17_h100_{l2}_l2",
+            "dtype": r["dtype"],
+            "tp_equiv": r["tp_equiv"],
+            "batch": r["batch"],
+            "metric": "moe_us",
+            "stock": round(r["stock"], 2),
+            "fused": round(r["fused"], 2),
+            "ratio": round(r["fused"] / r["stock"], 3),
+            "floor_us": round(r["floor_us"], 2),
+            "fused_over_floor": round(r["fused"] / r["floor_us"], 3),
+            "experts_read": r["experts_read"],
+            "l2": r["l2"],
+            "gpu": H100,
+            "vllm": VLLM,
+            "date": DAY23,
+        }
+        for l2 in ("cold", "warm")
+        for r in json.loads((RAW / f"layer_bench_sef17_h100_{l2}.json").read_text())["rows"]
+    ]
+
+
+def prefetch_shared_rows() -> list[dict]:
+    """The fused shared expert's weights prefetched into L2 during routing
+    (``benchmarks/prototypes.py:runner_forward_prefetch_shared``, one token) at layer level, in
+    one process with L2 emptied before every replay: vLLM's MoERunner._forward_impl (``stock``)
+    and the prototype (``fused``), alternating; one scenario per layer (the unfused layer runs
+    vLLM's method in both: the alternation's noise). Rejected: the fused layer 9% slower."""
+    compares = "vLLM's MoE runner / the fused shared expert prefetched into L2 (cold L2)"
+    return ab_rows(
+        "layer_prefetch_shared_sef17_h100.json",
+        "moe_layer_prefetch_shared",
+        "plain",
+        "prefetch",
+        compares,
+        DAY23,
+        H100,
+    )
+
+
+def o_proj_tile_rows() -> list[dict]:
+    """o_proj's quant -> split-K GEMM pair (``benchmarks/dense_pdl.py --tile``, H100) as the
+    engine launches it (``shipped_us``: PDL at one token), on patch 0016's tile (``stock``: 64/4
+    at one token, 32/2 at 16) and on the candidate (``fused``): 128/2 at one token, 32/1 at 16.
+    Under the 0.5 us bar: not shipped."""
+    data = json.loads((RAW / "dense_pdl_o_proj_tiles_sef17_h100.json").read_text())
+    shipped = {(64, 4): 1, (32, 2): 16}
+    base = {r["tokens"]: r for r in data["rows"] if shipped.get(tuple(r["tile"])) == r["tokens"]}
+    return [
+        {
+            "scenario": "dense_pdl_o_proj_tile_sef17_h100",
+            "dtype": "fp8",
+            "tp_equiv": 8,
+            "batch": r["tokens"],
+            "metric": "kernel_us",
+            "stock": round(base[r["tokens"]]["shipped_us"], 2),
+            "fused": round(r["shipped_us"], 2),
+            "ratio": round(r["shipped_us"] / base[r["tokens"]]["shipped_us"], 3),
+            "compares": "quant -> o_proj as shipped: patch 0016's tile "
+            + "/".join(map(str, base[r["tokens"]]["tile"]))
+            + " / "
+            + "/".join(map(str, r["tile"])),
+            "pairs_per_step": r["pairs_per_step"],
+            "gpu": data["gpu"],
+            "vllm": VLLM,
+            "date": DAY23,
+        }
+        for r in data["rows"]
+        if r not in base.values()
+    ]
+
+
 def summary_rows() -> list[dict]:
     """Every row of summary.json, in its order."""
     return (
@@ -1350,6 +1428,12 @@ def summary_rows() -> list[dict]:
         + dense_pdl_rows("dense_pdl_sef15_h100_p4", DAY20)
         + router_gemm_rows("router_gemm_sef16_h100", DAY21)
         + split_k_launch_rows("dense_fp8_launch_sef17_h100", DAY22)
+        + cold_l2_rows()
+        + prefetch_shared_rows()
+        + norm_quant_rows(
+            "norm_quant_sef17_h100_prefill", "norm_quant_sef17", DAY23, "patch 0018's kernel"
+        )
+        + o_proj_tile_rows()
         + e2e_rows()
     )
 
