@@ -213,7 +213,9 @@ def runner_forward_prefetch_shared(
     joined after the layer, up to PREFETCH_SHARED_MAX_TOKENS tokens. The layer's arithmetic is
     unchanged (bit-identical); only where its shared-expert reads come from. For an engine A/B:
     ``replace=vllm.model_executor.layers.fused_moe.runner.moe_runner:MoERunner._forward_impl=
-    benchmarks.prototypes:runner_forward_prefetch_shared``; not measured yet."""
+    benchmarks.prototypes:runner_forward_prefetch_shared``; at layer level ``moe_layer.py
+    prefetch-shared``. Rejected: the fused layer 9% slower at one token with L2 emptied per
+    replay (H100, docs/benchmarks.md "The layer with L2 emptied")."""
     replaced = runner_forward_prefetch_shared.replaced
     targets = _prefetch_targets(self, hidden_states)
     if not targets:
