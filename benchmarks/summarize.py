@@ -77,24 +77,29 @@ def layer_rows() -> list[dict]:
                 continue
             if name == "layer_bench_tp8_default_tiles.json" and r["dtype"] == "fp8":
                 r["floor_us"] = fp8_floor[r["batch"]]
-            rows.append(
-                {
-                    "scenario": scenario,
-                    "dtype": r["dtype"],
-                    "tp_equiv": r["tp_equiv"],
-                    "batch": r["batch"],
-                    "metric": "moe_us",
-                    "stock": round(r["stock"], 2),
-                    "fused": round(r["fused"], 2),
-                    "ratio": round(r["fused"] / r["stock"], 3),
-                    "floor_us": round(r["floor_us"], 2),
-                    "fused_over_floor": round(r["fused"] / r["floor_us"], 3),
-                    "gpu": GPU,
-                    "vllm": VLLM,
-                    "date": date,
-                }
-            )
+            rows.append(bench_row(r, scenario, GPU, date))
     return rows
+
+
+def bench_row(r: dict, scenario: str, gpu: str, date: str, **more) -> dict:
+    """A row of ``benchmarks/moe_layer.py bench``: stock and fused layer, their floor; ``more``
+    goes in before the GPU."""
+    return {
+        "scenario": scenario,
+        "dtype": r["dtype"],
+        "tp_equiv": r["tp_equiv"],
+        "batch": r["batch"],
+        "metric": "moe_us",
+        "stock": round(r["stock"], 2),
+        "fused": round(r["fused"], 2),
+        "ratio": round(r["fused"] / r["stock"], 3),
+        "floor_us": round(r["floor_us"], 2),
+        "fused_over_floor": round(r["fused"] / r["floor_us"], 3),
+        **more,
+        "gpu": gpu,
+        "vllm": VLLM,
+        "date": date,
+    }
 
 
 E2E_SCENARIOS = [
@@ -1331,23 +1336,14 @@ def cold_l2_rows() -> list[dict]:
     replay (``--cold-l2``, the engine's regime) and replayed back to back as before (warm), in
     consecutive processes of one device call: stock vLLM's layer (``stock``) and the fused one."""
     return [
-        {
-            "scenario": f"moe_layer_sef17_h100_{l2}_l2",
-            "dtype": r["dtype"],
-            "tp_equiv": r["tp_equiv"],
-            "batch": r["batch"],
-            "metric": "moe_us",
-            "stock": round(r["stock"], 2),
-            "fused": round(r["fused"], 2),
-            "ratio": round(r["fused"] / r["stock"], 3),
-            "floor_us": round(r["floor_us"], 2),
-            "fused_over_floor": round(r["fused"] / r["floor_us"], 3),
-            "experts_read": r["experts_read"],
-            "l2": r["l2"],
-            "gpu": H100,
-            "vllm": VLLM,
-            "date": DAY23,
-        }
+        bench_row(
+            r,
+            f"moe_layer_sef17_h100_{l2}_l2",
+            H100,
+            DAY23,
+            experts_read=r["experts_read"],
+            l2=r["l2"],
+        )
         for l2 in ("cold", "warm")
         for r in json.loads((RAW / f"layer_bench_sef17_h100_{l2}.json").read_text())["rows"]
     ]
