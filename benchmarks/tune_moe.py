@@ -21,6 +21,7 @@ With ``--replicas R`` token t uses shared copy t % R, as the fused router does.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import time
@@ -101,7 +102,7 @@ class Problem:
         return weights, ids
 
     def time(self, config: dict, m: int, iters: int) -> float:
-        from vllm.model_executor.layers.fused_moe import fused_experts, override_config
+        from vllm.model_executor.layers.fused_moe import fused_experts
 
         gen = torch.Generator(device="cuda").manual_seed(m)
         inputs = []
@@ -110,11 +111,29 @@ class Problem:
             inputs.append((x, *self.routing(m, gen)))
 
         def run(x, w, ids):
-            with override_config(config):
+            with gate_up_config(config):
                 return fused_experts(x, self.w1, self.w2, w, ids, quant_config=self.quant_config)
 
         timing = replay_us_cold if self.cold_l2 else replay_us
         return timing(capture(run, inputs), iters, reps=3)
+
+
+@contextlib.contextmanager
+def gate_up_config(config: dict):
+    """``config`` as the tuned file's entry while the block runs: the gate-up
+    GEMM takes it, and the down GEMM takes its own tile over it from the
+    shape's ``_down.json`` file where one is installed (patches 0011-0012), as
+    in the engine. vLLM's ``override_config`` would hand ``config`` to both
+    GEMMs and skip the ``_down.json`` lookup, timing a layer the engine never
+    runs."""
+    from vllm.model_executor.layers.fused_moe import fused_moe
+
+    chosen = fused_moe.try_get_optimal_moe_config
+    fused_moe.try_get_optimal_moe_config = lambda *args, **kwargs: dict(config)
+    try:
+        yield
+    finally:
+        fused_moe.try_get_optimal_moe_config = chosen
 
 
 def with_untuned_sizes(tuned: dict[int, dict], seeded: dict[int, dict], shape) -> dict:

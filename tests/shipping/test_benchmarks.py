@@ -119,6 +119,35 @@ def test_untuned_sizes_keep_the_routed_only_files_choice() -> None:
     assert out["4096"] == {"BLOCK_SIZE_M": 128}
 
 
+def test_a_tuned_candidate_leaves_the_down_gemm_its_own_tile(monkeypatch) -> None:
+    """tune_moe times a candidate as the engine would run its file entry: the
+    gate-up GEMM takes the candidate, the down GEMM the `_down.json` tile over
+    it (patches 0011-0012). vLLM's override_config gives both the candidate."""
+    from vllm.model_executor.layers.fused_moe import fused_moe, override_config
+
+    files = {
+        False: {1: {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 32, "num_warps": 4, "num_stages": 3}},
+        True: {1: {"BLOCK_SIZE_N": 128, "num_warps": 8, "num_stages": 2}},
+    }
+    monkeypatch.setattr(fused_moe, "get_moe_configs", lambda *a, down_moe=False: files[down_moe])
+    candidate = {"BLOCK_SIZE_M": 16, "BLOCK_SIZE_N": 64, "BLOCK_SIZE_K": 128}
+    candidate |= {"GROUP_SIZE_M": 1, "num_warps": 4, "num_stages": 5}
+    w1, w2 = (257, 512, 7168), (257, 7168, 256)
+
+    def lookups():
+        config = fused_moe.try_get_optimal_moe_config(w1, w2, 9, "fp8_w8a8", 1, [128, 128])
+        down = fused_moe.try_get_optimal_moe_down_config(config, w2, "fp8_w8a8", 1, [128, 128])
+        return config, down
+
+    with tune_moe.gate_up_config(candidate):
+        config, down = lookups()
+    assert config == candidate
+    assert down == candidate | files[True][1]
+    assert lookups()[0] == files[False][1]  # the file's entry again after the block
+    with override_config(candidate):
+        assert lookups() == (candidate, candidate)
+
+
 @pytest.mark.parametrize("shape", [FP8, BF16], ids=["fp8", "bf16"])
 def test_untuned_sizes_without_a_seed_get_vllms_default_tiles(shape) -> None:
     from vllm.model_executor.layers.fused_moe.fused_moe import get_default_config
