@@ -46,6 +46,7 @@ DAY20 = "2026-12-06"  # twenty-fourth session: sef15's 512-token threshold in th
 DAY21 = "2026-12-06"  # twenty-fifth session: patch 0019 and the router prototype in the engine
 DAY22 = "2026-12-06"  # twenty-sixth session: sef17 against stock, 0018 to 4,096 tokens, launches
 DAY23 = "2026-12-06"  # twenty-seventh session: cold L2, the prefetch prototype, 0018 at 16,384
+DAY24 = "2026-12-07"  # twenty-eighth session: patch 0018 to 16,384 tokens in the engine
 
 
 def layer_rows() -> list[dict]:
@@ -350,6 +351,13 @@ def e2e_rows() -> list[dict]:
             NORM_QUANT_4K_SEF17_SIDES,
             throughput=True,
         )
+        + cut_rows(
+            NORM_QUANT_16K_SEF17,
+            "norm_quant_16k_sef17_h100_l30",
+            DAY24,
+            NORM_QUANT_16K_SEF17_NOTE,
+            NORM_QUANT_16K_SEF17_SIDES,
+        )
     )
 
 
@@ -551,6 +559,18 @@ NORM_QUANT_4K_SEF17_NOTE = fused_ab_note(
     "patch 0018 up to 512 tokens (sef17's default)",
     "; inconclusive by design: the engine's steps held up to 16,384 tokens (vLLM's offline "
     "default on this GPU), so the prefill steps ran vLLM's op in both variants",
+)
+# Patch 0018 to 16,384 tokens (the offline engine's whole prefill chunk on this GPU) against
+# sef17's 512 (twenty-eighth session), the same cut: ITL/TTFT at 256, three repetitions; one pair
+# of processes, fused16k then fused, in one device call (the device time allowed no second order).
+NORM_QUANT_16K_SEF17 = ["e2e_fused16k_sef17_h100_l30"]
+NORM_QUANT_16K_SEF17_SIDES = {"fused": "stock", "fused16k": "fused"}
+NORM_QUANT_16K_SEF17_NOTE = fused_ab_note(
+    "sef17",
+    "VLLM_RMS_NORM_QUANT_TRITON_MAX_TOKENS unset (512) / 16384",
+    "patch 0018 up to 512 tokens (sef17's default)",
+    "; one pair of processes in one order (fused16k first): a first reading, not an A B A B "
+    "comparison",
 )
 
 
