@@ -3,6 +3,12 @@
 # the official vLLM 0.32.0 CUDA wheel, bundled in pieces, staged under /root, patched with
 # this series. On a machine where `pip install dist/vllm-*.whl` works, skip stage/install
 # and run the other steps with the patched wheel installed.
+#   benchmarks/gpu_host.sh prepare [WHEEL] (here, with registry access; vllm/ applied: make apply)
+#                                          what a GPU session carries, under $GPU_DIR (default .gpu):
+#                                          bin/ (the scripts of $GPU_HOST_SCRIPTS, default
+#                                          ../shared/gpu-host), bundle/ (WHEEL, default the pinned
+#                                          CUDA wheel from ci/fetch.sh, as vllm.partNN + deps.tar),
+#                                          intree/ (the intree step); ~4 minutes on 2 cores
 #   benchmarks/gpu_host.sh extras DIR      (here, with registry access) the CUDA wheel's requirements
 #                                          nvidia-cutlass-dsl[cu13] and quack-kernels that the shared
 #                                          bundle leaves out, as pieces DIR/extras.partNN (< 64 MiB each)
@@ -59,12 +65,29 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
-BIN=${GPU_BIN:-.gpu/bin}
+GPU_DIR=${GPU_DIR:-.gpu}
+BIN=${GPU_BIN:-$GPU_DIR/bin}
 export VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
 [ -d /root/site ] && export PYTHONPATH=/root/site${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # sefkit, benchmarks
 step=$1; shift
 case "$step" in
+  prepare)
+    scripts=${GPU_HOST_SCRIPTS:-../shared/gpu-host}
+    for f in bundle.sh stage.sh apply-patches.sh host-packages.txt; do
+      [ -f "$scripts/$f" ] || { echo "GPU_HOST_SCRIPTS=$scripts has no $f" >&2; exit 2; }
+    done
+    [ -f vllm/tests/kernels/moe/__init__.py ] \
+      || { echo "vllm/ holds no test tree: run make apply first" >&2; exit 2; }
+    wheel=${1:-$(ci/fetch.sh cuda-wheel)}
+    [ -f "$wheel" ] || { echo "no wheel $wheel" >&2; exit 2; }
+    mkdir -p "$GPU_DIR/bin"
+    cp "$scripts"/bundle.sh "$scripts"/stage.sh "$scripts"/apply-patches.sh \
+      "$scripts"/host-packages.txt "$GPU_DIR/bin/"
+    bash "$GPU_DIR/bin/bundle.sh" "$wheel" "$GPU_DIR/bundle"
+    bash benchmarks/gpu_host.sh intree "$GPU_DIR/intree"
+    ls -l "$GPU_DIR"/bundle "$GPU_DIR"/bin
+    ;;
   extras)
     # vLLM 0.32.0's CUDA requirements pin nvidia-cutlass-dsl[cu13]==4.8.0 and quack-kernels==0.6.5
     # (ll_bf16 compiles its kernels with quack's helpers; quack needs torch-c-dlpack-ext); with them

@@ -997,6 +997,54 @@ def test_moe_configs_as_copies_another_gpus_files_under_this_name(tmp_path) -> N
     assert "no MoE config files for device_name=NVIDIA_H999" in result.stderr
 
 
+def test_prepare_puts_what_a_gpu_session_carries_under_gpu_dir(tmp_path) -> None:
+    """gpu_host.sh prepare: the host scripts copied, the wheel handed to bundle.sh, the in-tree
+    CUDA tests copied from the patched vllm/ tree; a missing script or wheel is refused by name."""
+    scripts = tmp_path / "gpu-host"
+    scripts.mkdir()
+    (scripts / "bundle.sh").write_text('mkdir -p "$2" && echo "$1" > "$2/wheel"\n')
+    for name in ("stage.sh", "apply-patches.sh", "host-packages.txt"):
+        (scripts / name).write_text(f"# {name}\n")
+    wheel = tmp_path / "vllm-0.32.0-cp38-abi3-manylinux_2_28_x86_64.whl"
+    wheel.write_bytes(b"not a wheel")
+    gpu = tmp_path / "gpu"
+    env = dict(
+        os.environ, OUT=str(tmp_path / "out"), GPU_DIR=str(gpu), GPU_HOST_SCRIPTS=str(scripts)
+    )
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+
+    def prepare(*args):
+        return subprocess.run(
+            ["bash", "benchmarks/gpu_host.sh", "prepare", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+
+    result = prepare(str(wheel))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (gpu / "bin").iterdir()) == [
+        "apply-patches.sh",
+        "bundle.sh",
+        "host-packages.txt",
+        "stage.sh",
+    ]
+    assert (gpu / "bundle" / "wheel").read_text().strip() == str(wheel)
+    intree = gpu / "intree" / "tests"
+    assert (intree / "kernels" / "moe" / "test_moe.py").is_file()
+    assert (intree / "kernels" / "quantization" / "test_rms_norm_group_quant_triton.py").is_file()
+    assert "def workspace_init" in (intree / "conftest.py").read_text()
+
+    result = prepare(str(tmp_path / "missing.whl"))
+    assert result.returncode == 2
+    assert f"no wheel {tmp_path / 'missing.whl'}" in result.stderr
+    (scripts / "host-packages.txt").unlink()
+    result = prepare(str(wheel))
+    assert result.returncode == 2
+    assert f"GPU_HOST_SCRIPTS={scripts} has no host-packages.txt" in result.stderr
+
+
 NORM_QUANT_SCRIPT = """
 import torch
 import triton
