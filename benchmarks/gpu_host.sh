@@ -3,7 +3,8 @@
 # the official vLLM 0.32.0 CUDA wheel, bundled in pieces, staged under /root, patched with
 # this series. On a machine where `pip install dist/vllm-*.whl` works, skip stage/install
 # and run the other steps with the patched wheel installed.
-#   benchmarks/gpu_host.sh prepare [WHEEL] (here, with registry access; vllm/ applied: make apply)
+#   benchmarks/gpu_host.sh prepare [WHEEL] (here, with registry access; $VLLM_DIR, default vllm/,
+#                                          holding the series: make apply)
 #                                          what a GPU session carries, under $GPU_DIR (default .gpu):
 #                                          bin/ (the scripts of $GPU_HOST_SCRIPTS, default
 #                                          ../shared/gpu-host), bundle/ (WHEEL, default the pinned
@@ -17,7 +18,8 @@
 #                                          apply patches/; /root/stock-site: the same site with
 #                                          unpatched vLLM
 #   benchmarks/gpu_host.sh intree [DIR]    (here) copy vLLM's MoE kernel tests and their helpers from
-#                                          the patched vllm/ tree to DIR (default .gpu/intree)
+#                                          the patched tree $VLLM_DIR (default vllm/) to DIR
+#                                          (default .gpu/intree)
 #   benchmarks/gpu_host.sh unit [DIR [PYTEST_ARGS]]  the series' in-tree CUDA tests, copied to DIR
 #                                          (default .gpu/intree, a tree like vllm/tests), e.g.
 #                                          unit .gpu/intree -k shared_stream
@@ -66,6 +68,15 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
 GPU_DIR=${GPU_DIR:-.gpu}
+VLLM_DIR=${VLLM_DIR:-vllm}  # the patched tree the intree step copies from (make apply)
+# What intree copies: vLLM's MoE kernel tests, the series' other CUDA tests, their helpers.
+INTREE_FILES=(tests/__init__.py tests/kernels/__init__.py tests/kernels/utils.py
+  tests/kernels/quant_utils.py tests/kernels/moe tests/kernels/quantization/nvfp4_utils.py
+  tests/kernels/quantization/test_block_fp8_split_k.py
+  tests/kernels/quantization/test_rms_norm_group_quant_triton.py
+  tests/kernels/quantization/test_block_fp8_split_k_pdl.py tests/kernels/allclose_default.py
+  tests/quantization/__init__.py tests/quantization/reference_mxfp4.py
+  tests/distributed/__init__.py tests/distributed/eplb_utils.py)
 BIN=${GPU_BIN:-$GPU_DIR/bin}
 export VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
 [ -d /root/site ] && export PYTHONPATH=/root/site${PYTHONPATH:+:$PYTHONPATH}
@@ -77,8 +88,10 @@ case "$step" in
     for f in bundle.sh stage.sh apply-patches.sh host-packages.txt; do
       [ -f "$scripts/$f" ] || { echo "GPU_HOST_SCRIPTS=$scripts has no $f" >&2; exit 2; }
     done
-    [ -f vllm/tests/kernels/moe/__init__.py ] \
-      || { echo "vllm/ holds no test tree: run make apply first" >&2; exit 2; }
+    for f in "${INTREE_FILES[@]}"; do
+      [ -e "$VLLM_DIR/$f" ] \
+        || { echo "VLLM_DIR=$VLLM_DIR has no $f: run make apply first" >&2; exit 2; }
+    done
     wheel=${1:-$(ci/fetch.sh cuda-wheel)}
     [ -f "$wheel" ] || { echo "no wheel $wheel" >&2; exit 2; }
     mkdir -p "$GPU_DIR/bin"
@@ -134,27 +147,20 @@ print('ll_bf16 router GEMM available:', a())"
     dir=${1:-.gpu/intree}
     [[ $dir = /* ]] || dir=$PWD/$dir
     rm -rf "$dir" && mkdir -p "$dir"
-    (cd vllm && cp -r --parents tests/__init__.py tests/kernels/__init__.py tests/kernels/utils.py \
-      tests/kernels/quant_utils.py tests/kernels/moe tests/kernels/quantization/nvfp4_utils.py \
-      tests/kernels/quantization/test_block_fp8_split_k.py \
-      tests/kernels/quantization/test_rms_norm_group_quant_triton.py \
-      tests/kernels/quantization/test_block_fp8_split_k_pdl.py tests/kernels/allclose_default.py \
-      tests/quantization/__init__.py tests/quantization/reference_mxfp4.py \
-      tests/distributed/__init__.py tests/distributed/eplb_utils.py \
-      "$dir/")
+    (cd "$VLLM_DIR" && cp -r --parents "${INTREE_FILES[@]}" "$dir/")
     # Not copied: tests/utils.py (it imports the API clients, which the GPU host lacks), so seven
     # MoE test files (DeepEP, MoRI, ...: none of the series') stay collection errors there; run
     # `unit` with -k and --continue-on-collection-errors.
     # vLLM's tests/conftest.py needs the whole test suite: its workspace_init fixture alone.
     python3 -c '
 import ast, sys
-source = open("vllm/tests/conftest.py").read()
+source = open(sys.argv[2]).read()
 (fixture,) = [n for n in ast.parse(source).body if getattr(n, "name", "") == "workspace_init"]
 lines = source.splitlines()[fixture.decorator_list[0].lineno - 1 : fixture.end_lineno]
 header = "# The workspace_init fixture of vLLM tests/conftest.py (gpu_host.sh intree).\n"
 with open(sys.argv[1], "w") as f:
     f.write(header + "import pytest\nimport torch\n\n\n" + "\n".join(lines) + "\n")
-' "$dir/tests/conftest.py"
+' "$dir/tests/conftest.py" "$VLLM_DIR/tests/conftest.py"
     ;;
   unit)
     # From DIR, with its own pytest.ini: vLLM's `tests` package, not this repository's.

@@ -999,7 +999,8 @@ def test_moe_configs_as_copies_another_gpus_files_under_this_name(tmp_path) -> N
 
 def test_prepare_puts_what_a_gpu_session_carries_under_gpu_dir(tmp_path) -> None:
     """gpu_host.sh prepare: the host scripts copied, the wheel handed to bundle.sh, the in-tree
-    CUDA tests copied from the patched vllm/ tree; a missing script or wheel is refused by name."""
+    CUDA tests copied from the patched tree; a missing script, wheel or test file is refused by
+    name."""
     scripts = tmp_path / "gpu-host"
     scripts.mkdir()
     (scripts / "bundle.sh").write_text('mkdir -p "$2" && echo "$1" > "$2/wheel"\n')
@@ -1008,8 +1009,14 @@ def test_prepare_puts_what_a_gpu_session_carries_under_gpu_dir(tmp_path) -> None
     wheel = tmp_path / "vllm-0.32.0-cp38-abi3-manylinux_2_28_x86_64.whl"
     wheel.write_bytes(b"not a wheel")
     gpu = tmp_path / "gpu"
+    tree = tmp_path / "vllm"  # the series applied, as ci/test.sh's in-tree tests have it
+    subprocess.run(["bash", "ci/scratch-tree.sh", str(tree)], cwd=ROOT, check=True)
     env = dict(
-        os.environ, OUT=str(tmp_path / "out"), GPU_DIR=str(gpu), GPU_HOST_SCRIPTS=str(scripts)
+        os.environ,
+        OUT=str(tmp_path / "out"),
+        GPU_DIR=str(gpu),
+        GPU_HOST_SCRIPTS=str(scripts),
+        VLLM_DIR=str(tree),
     )
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
 
@@ -1043,6 +1050,11 @@ def test_prepare_puts_what_a_gpu_session_carries_under_gpu_dir(tmp_path) -> None
     result = prepare(str(wheel))
     assert result.returncode == 2
     assert f"GPU_HOST_SCRIPTS={scripts} has no host-packages.txt" in result.stderr
+    (scripts / "host-packages.txt").write_text("")
+    env["VLLM_DIR"] = str(tmp_path / "empty")
+    result = prepare(str(wheel))
+    assert result.returncode == 2
+    assert f"VLLM_DIR={tmp_path / 'empty'} has no tests/__init__.py" in result.stderr
 
 
 NORM_QUANT_SCRIPT = """
