@@ -85,7 +85,8 @@ step=$1; shift
 case "$step" in
   prepare)
     scripts=${GPU_HOST_SCRIPTS:-../shared/gpu-host}
-    for f in bundle.sh stage.sh apply-patches.sh host-packages.txt; do
+    host_files=(bundle.sh stage.sh apply-patches.sh host-packages.txt)
+    for f in "${host_files[@]}"; do
       [ -f "$scripts/$f" ] || { echo "GPU_HOST_SCRIPTS=$scripts has no $f" >&2; exit 2; }
     done
     for f in "${INTREE_FILES[@]}"; do
@@ -95,8 +96,7 @@ case "$step" in
     wheel=${1:-$(ci/fetch.sh cuda-wheel)}
     [ -f "$wheel" ] || { echo "no wheel $wheel" >&2; exit 2; }
     mkdir -p "$GPU_DIR/bin"
-    cp "$scripts"/bundle.sh "$scripts"/stage.sh "$scripts"/apply-patches.sh \
-      "$scripts"/host-packages.txt "$GPU_DIR/bin/"
+    for f in "${host_files[@]}"; do cp "$scripts/$f" "$GPU_DIR/bin/"; done
     bash "$GPU_DIR/bin/bundle.sh" "$wheel" "$GPU_DIR/bundle"
     bash benchmarks/gpu_host.sh intree "$GPU_DIR/intree"
     ls -l "$GPU_DIR"/bundle "$GPU_DIR"/bin

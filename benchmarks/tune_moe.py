@@ -21,11 +21,11 @@ With ``--replicas R`` token t uses shared copy t % R, as the fused router does.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -118,7 +118,6 @@ class Problem:
         return timing(capture(run, inputs), iters, reps=3)
 
 
-@contextlib.contextmanager
 def gate_up_config(config: dict):
     """``config`` as the tuned file's entry while the block runs: the gate-up
     GEMM takes it, and the down GEMM takes its own tile over it from the
@@ -128,12 +127,9 @@ def gate_up_config(config: dict):
     runs."""
     from vllm.model_executor.layers.fused_moe import fused_moe
 
-    chosen = fused_moe.try_get_optimal_moe_config
-    fused_moe.try_get_optimal_moe_config = lambda *args, **kwargs: dict(config)
-    try:
-        yield
-    finally:
-        fused_moe.try_get_optimal_moe_config = chosen
+    return mock.patch.object(
+        fused_moe, "try_get_optimal_moe_config", side_effect=lambda *a, **k: dict(config)
+    )
 
 
 def with_untuned_sizes(tuned: dict[int, dict], seeded: dict[int, dict], shape) -> dict:

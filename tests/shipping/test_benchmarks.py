@@ -946,21 +946,22 @@ def test_dense_split_k_prototype_in_triton_interpreter() -> None:
     assert "checked 37" in proc.stdout, proc.stdout
 
 
+def _gpu_host(env: dict, *args: str) -> subprocess.CompletedProcess:
+    """benchmarks/gpu_host.sh ARGS with ``env`` (this venv's python first on PATH)."""
+    env = dict(env, PATH=f"{Path(sys.executable).parent}:{env['PATH']}")
+    return subprocess.run(
+        ["bash", "benchmarks/gpu_host.sh", *args], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+
+
 def test_moe_configs_as_copies_another_gpus_files_under_this_name(tmp_path) -> None:
     import vllm.model_executor.layers.fused_moe as fused_moe
 
     src = Path(fused_moe.__file__).parent / "configs"
     env = dict(os.environ, OUT=str(tmp_path / "out"))
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
 
     def step(*args):
-        return subprocess.run(
-            ["bash", "benchmarks/gpu_host.sh", "moe-configs-as", *args],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
+        return _gpu_host(env, "moe-configs-as", *args)
 
     dest = tmp_path / "configs"
     result = step("NVIDIA_H200", str(dest), "NVIDIA_H100_80GB_HBM3")
@@ -1018,16 +1019,9 @@ def test_prepare_puts_what_a_gpu_session_carries_under_gpu_dir(tmp_path) -> None
         GPU_HOST_SCRIPTS=str(scripts),
         VLLM_DIR=str(tree),
     )
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
 
     def prepare(*args):
-        return subprocess.run(
-            ["bash", "benchmarks/gpu_host.sh", "prepare", *args],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
+        return _gpu_host(env, "prepare", *args)
 
     result = prepare(str(wheel))
     assert result.returncode == 0, result.stderr
