@@ -561,16 +561,16 @@ NORM_QUANT_4K_SEF17_NOTE = fused_ab_note(
     "default on this GPU), so the prefill steps ran vLLM's op in both variants",
 )
 # Patch 0018 to 16,384 tokens (the offline engine's whole prefill chunk on this GPU) against
-# sef17's 512 (twenty-eighth session), the same cut: ITL/TTFT at 256, three repetitions; one pair
-# of processes, fused16k then fused, in one device call (the device time allowed no second order).
-NORM_QUANT_16K_SEF17 = ["e2e_fused16k_sef17_h100_l30"]
+# sef17's 512, the same cut: ITL/TTFT at 256, three repetitions; two pairs of processes, one per
+# device call and session: fused16k then fused (twenty-eighth), fused then fused16k (twenty-ninth).
+NORM_QUANT_16K_SEF17 = ["e2e_fused16k_sef17_h100_l30", "e2e_fused16k_order2_sef17_h100_l30"]
 NORM_QUANT_16K_SEF17_SIDES = {"fused": "stock", "fused16k": "fused"}
 NORM_QUANT_16K_SEF17_NOTE = fused_ab_note(
     "sef17",
     "VLLM_RMS_NORM_QUANT_TRITON_MAX_TOKENS unset (512) / 16384",
     "patch 0018 up to 512 tokens (sef17's default)",
-    "; one pair of processes in one order (fused16k first): a first reading, not an A B A B "
-    "comparison",
+    "; two pairs of processes, one in each order (fused16k first, then fused first), each on "
+    "its own H100 lease",
 )
 
 
