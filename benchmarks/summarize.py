@@ -47,6 +47,7 @@ DAY21 = "2026-12-06"  # twenty-fifth session: patch 0019 and the router prototyp
 DAY22 = "2026-12-06"  # twenty-sixth session: sef17 against stock, 0018 to 4,096 tokens, launches
 DAY23 = "2026-12-06"  # twenty-seventh session: cold L2, the prefetch prototype, 0018 at 16,384
 DAY24 = "2026-12-07"  # twenty-eighth session: patch 0018 to 16,384 tokens in the engine
+DAY25 = "2026-12-07"  # thirtieth session: 0018 at vllm serve's chunk, sef17 with fusion off
 
 
 def layer_rows() -> list[dict]:
@@ -358,6 +359,23 @@ def e2e_rows() -> list[dict]:
             NORM_QUANT_16K_SEF17_NOTE,
             NORM_QUANT_16K_SEF17_SIDES,
         )
+        + cut_rows(
+            NORM_QUANT_16K_CHUNK8K,
+            "norm_quant_16k_chunk8k_sef17_h100_l30",
+            DAY25,
+            NORM_QUANT_16K_CHUNK8K_NOTE,
+            NORM_QUANT_16K_CHUNK8K_SIDES,
+        )
+        + realistic_rows(
+            SEF17_OFF_H100,
+            "e2e_dsv3_tp8_rank_fp8_realistic_sef17_off_h100_l30",
+            set(),
+            date=DAY25,
+            prefix_caching=False,
+            gpu=H100,
+            extra=SEF17_OFF_NOTE,
+            sides_of=SEF17_OFF_SIDES,
+        )
     )
 
 
@@ -561,16 +579,42 @@ NORM_QUANT_4K_SEF17_NOTE = fused_ab_note(
     "default on this GPU), so the prefill steps ran vLLM's op in both variants",
 )
 # Patch 0018 to 16,384 tokens (the offline engine's whole prefill chunk on this GPU) against
-# sef17's 512, the same cut: ITL/TTFT at 256, three repetitions; two pairs of processes, one per
-# device call and session: fused16k then fused (twenty-eighth), fused then fused16k (twenty-ninth).
-NORM_QUANT_16K_SEF17 = ["e2e_fused16k_sef17_h100_l30", "e2e_fused16k_order2_sef17_h100_l30"]
+# sef17's 512, the same cut: ITL/TTFT at 256, three repetitions; three pairs of processes, one
+# per device call and session: fused16k then fused (twenty-eighth), fused then fused16k
+# (twenty-ninth), fused16k then fused (thirtieth).
+NORM_QUANT_16K_SEF17 = [
+    "e2e_fused16k_sef17_h100_l30",
+    "e2e_fused16k_order2_sef17_h100_l30",
+    "e2e_fused16k_order3_sef17_h100_l30",
+]
 NORM_QUANT_16K_SEF17_SIDES = {"fused": "stock", "fused16k": "fused"}
 NORM_QUANT_16K_SEF17_NOTE = fused_ab_note(
     "sef17",
     "VLLM_RMS_NORM_QUANT_TRITON_MAX_TOKENS unset (512) / 16384",
     "patch 0018 up to 512 tokens (sef17's default)",
-    "; two pairs of processes, one in each order (fused16k first, then fused first), each on "
-    "its own H100 lease",
+    "; three pairs of processes (fused16k first, fused first, fused16k first), each on its own "
+    "H100 lease",
+)
+# The same A/B at `vllm serve`'s prefill chunk (thirtieth session): both variants with
+# engine=max_num_batched_tokens=8192; one pair of processes, fused8k (512) then fused8k16.
+NORM_QUANT_16K_CHUNK8K = ["e2e_fused16k_chunk8k_sef17_h100_l30"]
+NORM_QUANT_16K_CHUNK8K_SIDES = {"fused8k": "stock", "fused8k16": "fused"}
+NORM_QUANT_16K_CHUNK8K_NOTE = fused_ab_note(
+    "sef17",
+    "VLLM_RMS_NORM_QUANT_TRITON_MAX_TOKENS unset (512) / 16384, max_num_batched_tokens=8192",
+    "patch 0018 up to 512 tokens (sef17's default)",
+    "; the engine's prefill chunk 8,192 tokens (vllm serve's default); one pair of processes",
+)
+# sef17 with fusion off beside fused and stock (thirtieth session), the same cut: ITL/TTFT at
+# 1 / 4 / 16, three repetitions; processes unfused, fused | fused, unfused | stock, one device
+# call each on one lease.
+SEF17_OFF_H100 = ["e2e_sef17_off_h100_l30"]
+SEF17_OFF_SIDES = {"stock": "stock", "fused": "fused", "unfused": "off"}
+SEF17_OFF_NOTE = cut_note(
+    "processes unfused, fused | fused, unfused | stock over three device calls, one lease; "
+    "one stock process",
+    "sef17 as built (patches' defaults); off: the series with the setting unset; stock: vLLM "
+    "0.32.0 as released",
 )
 
 
