@@ -30,7 +30,7 @@ Environment (all optional; the defaults are what `make test` runs on CPU):
 
 On a GPU host with the CUDA wheel (no CI there), from a clone of this repository:
 
-    pip install dist/vllm-0.32.0+sef17-cp38-abi3-manylinux_2_28_x86_64.whl \
+    pip install dist/vllm-0.32.0+sef18-cp38-abi3-manylinux_2_28_x86_64.whl \
         openai pytest pytest-timeout
     python -m pytest tests/test_serve.py -s
 
