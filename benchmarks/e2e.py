@@ -600,6 +600,23 @@ def check_capture_sizes(parser: argparse.ArgumentParser, args) -> None:
         )
 
 
+# Arguments the script passes to its worker processes; given to the script itself they would be
+# dropped, not applied to the variants.
+WORKER_ARGUMENTS = ("model", "variant", "round", "engine")
+
+
+def refuse_worker_arguments(parser: argparse.ArgumentParser, args) -> None:
+    """The worker's own arguments are refused outside a worker, naming the variant option that
+    does what was meant (engine arguments are per variant)."""
+    given = [f"--{name}" for name in WORKER_ARGUMENTS if getattr(args, name)]
+    if given and not args.worker:
+        parser.error(
+            f"{', '.join(given)}: set by this script for its worker processes; give engine "
+            "arguments per variant (NAME,engine=ARG=VALUE, e.g. "
+            "fused,replicas=1,engine=max_num_batched_tokens=8192)"
+        )
+
+
 def parse_variant(text: str) -> dict:
     import ast
 
@@ -703,6 +720,7 @@ def main() -> None:
     parser.add_argument("--round", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--engine", type=json.loads, default={}, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    refuse_worker_arguments(parser, args)
     check_capture_sizes(parser, args)
     if args.profile_dir is None and PROFILE_WORKLOADS & set(args.workloads):
         args.profile_dir = tempfile.mkdtemp(prefix="e2e-profiles-")

@@ -430,6 +430,27 @@ def test_e2e_refuses_capture_sizes_that_would_change_what_it_measures(argv, mess
     assert message in result.stderr
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--engine", '{"max_num_batched_tokens": 8192}'],
+        ["--model", "/tmp/m", "--round", "1"],
+    ],
+)
+def test_e2e_refuses_the_workers_arguments(argv) -> None:
+    """Given to the script itself they would be dropped: an engine argument must go in a
+    variant (engine=), where every process of that variant gets it."""
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.e2e", "--batches", "1", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert argv[0] in result.stderr
+    assert "engine=max_num_batched_tokens=8192" in result.stderr
+
+
 def test_variant_set_options_parse_into_module_constants() -> None:
     from benchmarks import e2e
 
