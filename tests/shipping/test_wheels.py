@@ -3,8 +3,8 @@
 A built wheel must be the official wheel with exactly the series' vllm/ changes: every compiled
 file and every file the series leaves alone identical, every file it changes or adds equal to the
 sef branch's version, the files it deletes gone, nothing else added or missing; the .dist-info
-renamed to 0.32.0+sef18 with only METADATA's Version and WHEEL's Tag lines changed; RECORD complete
-and correct.
+renamed to 0.32.0+<LOCAL_VERSION> with only METADATA's Version and WHEEL's Tag lines changed;
+RECORD complete and correct.
 
 Checked for dist/ (made by `make build` from patches/) and for a small real sample series built into
 a temp dir, both flavours (CUDA and CPU).
