@@ -48,6 +48,7 @@ DAY22 = "2026-12-06"  # twenty-sixth session: sef17 against stock, 0018 to 4,096
 DAY23 = "2026-12-06"  # twenty-seventh session: cold L2, the prefetch prototype, 0018 at 16,384
 DAY24 = "2026-12-07"  # twenty-eighth session: patch 0018 to 16,384 tokens in the engine
 DAY25 = "2026-12-07"  # thirtieth session: 0018 at vllm serve's chunk, sef17 with fusion off
+DAY26 = "2026-12-07"  # thirty-first session: sef18 against stock, the TTFT prefill's profile
 
 
 def layer_rows() -> list[dict]:
@@ -376,6 +377,24 @@ def e2e_rows() -> list[dict]:
             extra=SEF17_OFF_NOTE,
             sides_of=SEF17_OFF_SIDES,
         )
+        + realistic_rows(
+            SEF18_H100,
+            "e2e_dsv3_tp8_rank_fp8_realistic_sef18_h100_l30",
+            set(),
+            throughput="throughput_sef18_h100_l30",
+            date=DAY26,
+            prefix_caching=False,
+            gpu=H100,
+            extra=SEF18_H100_NOTE,
+        )
+        + engine_step_rows(
+            SEF18_H100,
+            "e2e_prefill_step_sef18_h100_l30",
+            DAY26,
+            H100,
+            SEF18_H100_NOTE,
+            prefill=True,
+        )
     )
 
 
@@ -617,6 +636,17 @@ SEF17_OFF_NOTE = cut_note(
     "0.32.0 as released",
 )
 
+# sef18 as built against stock (thirty-first session), the same cut: ITL/TTFT and both throughput
+# workloads at 1 / 4 / 16 (two repetitions), processes stock, fused | fused, stock; then ITL/TTFT
+# at 1 / 4 (three repetitions) with the TTFT requests' step profiled, stock, fused; then ITL/TTFT
+# at 64 / 256 (two repetitions), fused, stock; one device call each, one lease.
+SEF18_H100 = ["e2e_sef18_vs_stock_h100_l30"]
+SEF18_H100_NOTE = cut_note(
+    "processes stock, fused | fused, stock | stock, fused (1 / 4, the prefill profiled) | fused, "
+    "stock (64 / 256) over four device calls, one lease",
+    "sef18 as built (patches' defaults, no environment); stock: vLLM 0.32.0 as released",
+)
+
 
 def probe_distinct() -> dict[int, float]:
     """The mean distinct experts per MoE layer per decode step by batch size, from the routing
@@ -736,19 +766,28 @@ def engine_step_rows(
     gpu: str = GPU,
     extra: dict | None = None,
     sides_of: dict[str, str] | None = None,
+    prefill: bool = False,
 ) -> list[dict]:
     """Rows of benchmarks/e2e.py's profile workload: per decode step, the GPU's busy time (the
     union of the kernels' intervals; ``measure`` "busy") and the span from the first kernel's start
-    to the last one's end ("span"), median over processes; scenario ``name``_busy / _span."""
+    to the last one's end ("span"), median over processes; scenario ``name``_busy / _span.
+    ``prefill``: the prefill_profile workload's instead (the TTFT requests' one engine step), with
+    "wall" beside them: the host's time for that one-token generation, under the profiler."""
     distinct = probe_distinct()
+    scenario = "e2e_prefill_profile" if prefill else "e2e_profile"
+    measures = ("busy", "span", "wall") if prefill else ("busy", "span")
     values: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    prompt_tokens: dict[int, int] = {}  # the prefill's prompt length by batch
     for file in files:
         for r in map(json.loads, (RAW / f"{file}.jsonl").read_text().splitlines()):
             side = side_of(r["variant"], sides_of)
-            if r["scenario"] != "e2e_profile" or side is None:
+            if r["scenario"] != scenario or side is None:
                 continue
-            for measure in ("busy", "span"):
-                values[(measure, r["batch"])][side].append(r[f"{measure}_us"])
+            if prefill:
+                prompt_tokens[r["batch"]] = r["prompt_tokens"]
+            for measure in measures:
+                us = r["wall_ms"] * 1e3 if measure == "wall" else r[f"{measure}_us"]
+                values[(measure, r["batch"])][side].append(us)
     rows = []
     for (measure, batch), sides in sorted(values.items()):
         rows.append(
@@ -762,7 +801,11 @@ def engine_step_rows(
                 **side_columns(sides, 1),
                 **off_columns(sides["off"], statistics.median(sides["stock"])),
                 "routing": "realistic",
-                "distinct_experts": distinct[batch],
+                **(
+                    {"prompt_tokens": prompt_tokens[batch]}
+                    if prefill
+                    else {"distinct_experts": distinct[batch]}
+                ),
                 "gpu": gpu,
                 "vllm": VLLM,
                 "date": date,
