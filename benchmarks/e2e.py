@@ -42,7 +42,9 @@ Per process, after warm-up generates that are dropped (each shape once):
   tokens generating 65 ((last - first token time) / 64, mean over requests;
   the prompts fit one prefill step, so the decode steps are pure) and TTFT, the
   wall time of B requests of --ttft-prompt tokens generating 1 token; medians
-  of --reps.
+  of --reps. TTFT rows also carry engine_values: per repetition, the engine
+  core's part (scheduled to first token: the prefill step), the rest being the
+  front end's.
 - throughput: decode-heavy (256 requests, 64 prompt + 400 generated tokens)
   and mixed (512 requests, 1000 + 200) at vLLM's default chunked prefill
   (LLM's default on an H100 / H200: 16,384 tokens a step; `vllm serve`'s is
@@ -251,6 +253,18 @@ def generate(llm, requests: list[dict], tokens: int) -> tuple[float, list]:
     return time.perf_counter() - start, outputs
 
 
+def ttft_times(llm, requests: list[dict]) -> tuple[float, float]:
+    """One TTFT repetition, ms: the host's wall time of a one-token generate of ``requests``,
+    and the engine core's part of it, from scheduling the first request to the last one's
+    first token (vLLM's request stats, the engine core's clock): the prefill step, host and
+    GPU. The rest of the wall time is the front end's (adding the requests, handing them to
+    the engine core, collecting the outputs)."""
+    seconds, outputs = generate(llm, requests, 1)
+    scheduled = min(o.metrics.scheduled_ts for o in outputs)
+    first_token = max(o.metrics.first_token_ts for o in outputs)
+    return seconds * 1e3, (first_token - scheduled) * 1e3
+
+
 def tokens_digest(outputs) -> str:
     """The generated token ids of ``outputs`` (in request order), hashed."""
     ids = [list(o.outputs[0].token_ids) for o in outputs]
@@ -294,10 +308,11 @@ def measure(args) -> None:
             # Warm-ups at this size, for both prompt lengths (new shapes compile).
             generate(llm, prompts(batch, args.itl_prompt, 1, args.vocab), 8)
             generate(llm, prompts(batch, args.ttft_prompt, 1, args.vocab), 1)
-            ttft, itl, digests = [], [], set()
+            ttft, engine_ttft, itl, digests = [], [], [], set()
             for _ in range(args.reps):
-                first = prompts(batch, args.ttft_prompt, 2, args.vocab)
-                ttft.append(generate(llm, first, 1)[0] * 1e3)
+                wall, engine = ttft_times(llm, prompts(batch, args.ttft_prompt, 2, args.vocab))
+                ttft.append(wall)
+                engine_ttft.append(engine)
                 outputs = generate(llm, prompts(batch, args.itl_prompt, 3, args.vocab), 65)[1]
                 digests.add(tokens_digest(outputs))
                 itl.append(
@@ -320,6 +335,8 @@ def measure(args) -> None:
                         # Greedy tokens of the timed requests: variants whose
                         # kernels give the same bits must give the same tokens.
                         **({"tokens": sorted(digests)} if metric == "itl_ms" else {}),
+                        # Per repetition, the engine core's part of the wall time.
+                        **({"engine_values": engine_ttft} if metric == "ttft_ms" else {}),
                     }
                 )
     if "profile" in args.workloads:

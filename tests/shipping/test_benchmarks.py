@@ -401,6 +401,29 @@ def test_prefill_profile_emits_the_first_step_of_the_ttft_requests(monkeypatch, 
     assert (row["steps"], row["busy_us"], row["span_us"]) == (1, 90.0, 105.0)
 
 
+def test_ttft_times_split_the_wall_time_at_the_engine_core(monkeypatch) -> None:
+    from benchmarks import e2e
+
+    def output(scheduled: float, first_token: float):
+        stats = argparse.Namespace(scheduled_ts=scheduled, first_token_ts=first_token)
+        return argparse.Namespace(metrics=stats)
+
+    # Two requests scheduled 1 ms apart, first tokens 30 and 32 ms after the first one's
+    # scheduling (the engine core's monotonic clock), in a generate of 50 ms wall time.
+    outputs = [output(100.001, 100.030), output(100.000, 100.032)]
+    calls = []
+
+    def generate(llm, requests, tokens):
+        calls.append((len(requests), tokens))
+        return 0.05, outputs
+
+    monkeypatch.setattr(e2e, "generate", generate)
+    wall, engine = e2e.ttft_times(None, [{"prompt_token_ids": [2]}] * 2)
+    assert calls == [(2, 1)]
+    assert wall == pytest.approx(50.0)
+    assert engine == pytest.approx(32.0)
+
+
 def test_e2e_refuses_an_unknown_workload() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks.e2e", "--workloads", "itl", "profiles"],
