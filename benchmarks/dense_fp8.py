@@ -51,7 +51,8 @@ TOKENS = [1, 4, 16, 64]
 L2_BYTES = 50 << 20  # H200: 50 MB
 
 
-# The split-K kernel's tiles (BLOCK_M 16; four warps, four stages, as patch 0016 launches it).
+# The split-K kernel's tiles (BLOCK_M 16 where a tile does not name one; four warps, four
+# stages, as patch 0016 launches it).
 SWEEP = [{"BLOCK_N": bn, "SPLIT_K": sk} for bn in (16, 32, 64, 128) for sk in (1, 2, 4, 8, 16)]
 # Warps and pipeline stages tried on the fastest tile ("split_k_launch").
 LAUNCH_SWEEP = [{"num_warps": w, "num_stages": st} for w in (2, 4, 8) for st in (3, 4, 5, 6)]
@@ -77,9 +78,9 @@ _SPLIT_K: dict | None = None
 def split_k_gemm(a, b, a_scale, b_scale, config: dict, out_dtype=None):
     """Patch 0016's ``block_fp8_split_k_mm`` (the installed vLLM's, compiled from its source by
     sefkit.triton_kernels, so the interpreter can run it on a CPU) with ``config``'s tile:
-    C = (A * a_scale) @ (B * b_scale).T, K split over config["SPLIT_K"] programs per tile of 16
-    rows x config["BLOCK_N"] columns, launched with config's num_warps / num_stages where it has
-    them (else as the patch launches it)."""
+    C = (A * a_scale) @ (B * b_scale).T, K split over config["SPLIT_K"] programs per tile of
+    config["BLOCK_M"] rows (else the patch's 16) x config["BLOCK_N"] columns, launched with
+    config's num_warps / num_stages where it has them (else as the patch launches it)."""
     import torch
 
     from sefkit.triton_kernels import WithLaunch, dense_split_k
@@ -87,10 +88,12 @@ def split_k_gemm(a, b, a_scale, b_scale, config: dict, out_dtype=None):
     global _SPLIT_K
     if _SPLIT_K is None:
         _SPLIT_K = dense_split_k()
-    kernel = _SPLIT_K["_block_fp8_split_k_kernel"]
+    kernel, block_m = _SPLIT_K["_block_fp8_split_k_kernel"], _SPLIT_K["BLOCK_M"]
     launch = {key: config[key] for key in ("num_warps", "num_stages") if key in config}
     if launch:
         _SPLIT_K["_block_fp8_split_k_kernel"] = WithLaunch(kernel, **launch)
+    # The launcher reads its row tile from the module's BLOCK_M.
+    _SPLIT_K["BLOCK_M"] = config.get("BLOCK_M", block_m)
     try:
         return _SPLIT_K["block_fp8_split_k_mm"](
             a,
@@ -102,7 +105,7 @@ def split_k_gemm(a, b, a_scale, b_scale, config: dict, out_dtype=None):
             block_n=config["BLOCK_N"],
         )
     finally:
-        _SPLIT_K["_block_fp8_split_k_kernel"] = kernel
+        _SPLIT_K["_block_fp8_split_k_kernel"], _SPLIT_K["BLOCK_M"] = kernel, block_m
 
 
 def copies_for(n: int, k: int, minimum: int = 4) -> int:
@@ -261,7 +264,7 @@ def main() -> None:
         "--sweep",
         type=json.loads,
         default=SWEEP,
-        help="split_k: JSON list of tiles ({BLOCK_N, SPLIT_K})",
+        help="split_k: JSON list of tiles ({BLOCK_N, SPLIT_K}, optionally BLOCK_M)",
     )
     parser.add_argument(
         "--launch-sweep",

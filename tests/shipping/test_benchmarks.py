@@ -852,6 +852,14 @@ for m, n, k in [(1, 200, 640), (3, 256, 384), (20, 96, 1024)]:
             got = dense_fp8.split_k_gemm(a, b, s, b_s, config, out_dtype=torch.float32)
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
             checked += 1
+    # Row tiles other than the patch's 16 (one tile of 32 or 64 rows, or 16 in two), and the
+    # module's own put back after each call.
+    for block_m in (32, 64):
+        config = dict(BLOCK_M=block_m, BLOCK_N=64, SPLIT_K=2)
+        got = dense_fp8.split_k_gemm(a, b, a_s, b_s, config, out_dtype=torch.float32)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
+        assert dense_fp8._SPLIT_K["BLOCK_M"] == 16
+        checked += 1
 # Every tile's counter is back at zero for the next launch.
 assert all(int(c.abs().sum()) == 0 for c in dense_fp8._SPLIT_K["_counters"].values())
 checked += 1
@@ -992,7 +1000,7 @@ def test_dense_split_k_prototype_in_triton_interpreter() -> None:
     reference, and the benchmark's rows (CUDA-only kernels and timing stood in for), in Triton's
     interpreter."""
     proc = _in_triton_interpreter(DENSE_SPLIT_K_SCRIPT)
-    assert "checked 37" in proc.stdout, proc.stdout
+    assert "checked 43" in proc.stdout, proc.stdout
 
 
 def _gpu_host(env: dict, *args: str) -> subprocess.CompletedProcess:
